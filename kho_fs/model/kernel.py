@@ -1,0 +1,179 @@
+"""One boot of the emulated kernel: start_kernel in x86's order, and what it owns.
+
+A ``Kernel`` lives from one boot to the next kexec or reboot. The ``Machine`` owns the
+hardware (RAM and its contents) and creates a new ``Kernel`` for every boot.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kho_fs.model.cmdline import parameq, parse_args
+from kho_fs.model.dmesg import KernelLog
+from kho_fs.model.kexec import BP_CMD_LINE_PTR, BP_EXT_CMD_LINE_PTR, BP_SETUP_DATA, COMMAND_LINE_SIZE, SETUP_KEXEC_KHO, Kexec
+from kho_fs.model.kho import Kho
+from kho_fs.model.memblock import Memblock
+from kho_fs.model.reserve_mem import ReserveMem, ReserveMemKhoParticipant
+from kho_fs.model.units import PAGE_SIZE, SZ_1M
+
+if TYPE_CHECKING:
+    from kho_fs.model.drivers import KhoDriver
+    from kho_fs.model.physmem import PhysicalMemory
+
+UTS_RELEASE = "6.14.0-rc1-kho-v4"
+REALMODE_TRAMPOLINE_SIZE = 24 * 1024
+MEMMAP_SHIFT = 6  # struct page is 64 bytes per 4 KiB page: 1/64 of a node's RAM
+SETUP_DATA_MAX_NODES = 64  # guard against a looping chain written through /dev/mem
+
+
+class BootFailed(Exception):
+    """The emulated boot stopped (a real kernel would panic)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BootInfo:
+    """What the boot loader or kexec hands the kernel."""
+
+    image: tuple[int, int]  # kernel image (start, memory size)
+    initrd: tuple[int, int] | None = None
+    cmdline: str = ""  # cold boot: the firmware's command line
+    boot_params: int | None = None  # kexec boot: the zero page in RAM
+    page_tables: int = 4 * SZ_1M  # early page-table allocation (model parameter)
+
+
+class Kernel:
+    """The running kernel: memblock, log, command line, KHO, reserve_mem and kexec."""
+
+    def __init__(
+        self,
+        mem: PhysicalMemory,
+        boot: BootInfo,
+        generation: int,
+        drivers: Sequence[Callable[[Kernel], KhoDriver]] = (),
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.mem = mem
+        self.boot = boot
+        self.generation = generation
+        self.log = KernelLog()
+        self.memblock = Memblock()
+        self.kho = Kho(self)
+        self.reserve_mem = ReserveMem(self)
+        self.kexec = Kexec(self)
+        self.drivers: list[KhoDriver] = [make(self) for make in drivers]
+        self.cmdline = boot.cmdline
+        self.panic: str | None = None
+        self._on_change = on_change
+
+    # -- helpers ---------------------------------------------------------------------
+    def printk(self, text: str) -> None:
+        self.log.printk(text)
+
+    def changed(self) -> None:
+        """Tell the machine that something visible in the tree may have changed."""
+        if self._on_change is not None:
+            self._on_change()
+
+    def online_nodes(self) -> list[int]:
+        return list(range(self.mem.nr_nodes))
+
+    def early_alloc(self, size: int, align: int, nid: int | None = None) -> int:
+        """An allocation the kernel cannot boot without (page tables, memory map)."""
+        mb = self.memblock
+        addr = mb.memblock_phys_alloc(size, align) if nid is None else mb.memblock_phys_alloc_try_nid(size, align, nid)
+        if not addr:
+            if mb.kho_scratch_only:
+                raise BootFailed("kho-fs: early allocation failed in scratch-only mode")
+            raise BootFailed("Kernel panic - not syncing: early memory allocation failed")
+        return addr
+
+    # -- boot --------------------------------------------------------------------------
+    def start_kernel(self) -> None:
+        """Boot; a failed boot is recorded in ``panic`` and the log, never raised."""
+        try:
+            self._boot()
+        except BootFailed as exc:
+            self.panic = str(exc)
+            self.printk(str(exc))
+
+    def _boot(self) -> None:
+        mb, boot = self.memblock, self.boot
+        kho_args = None
+        if boot.boot_params is not None:
+            self.cmdline = self._read_cmdline(boot.boot_params)
+        self.printk(f"Linux version {UTS_RELEASE} (kho-fs) #{self.generation + 1} SMP PREEMPT_DYNAMIC")
+        self.printk(f"Command line: {self.cmdline}")
+        args = parse_args(self.cmdline)
+        # setup_arch: early_reserve_memory (v4 patch 11: RSRV_KERN for image, initrd, setup_data)
+        mb.memblock_reserve_kern(*boot.image)
+        if boot.initrd is not None:
+            mb.memblock_reserve_kern(*boot.initrd)
+        if boot.boot_params is not None:
+            kho_args = self._parse_setup_data(boot.boot_params)
+        if kho_args is not None:
+            self.kho.kho_populate(*kho_args)
+        # parse_early_param
+        for param, value in args:
+            if parameq(param, "kho") and not self.kho.kho_parse_enable(value):
+                self.printk("Malformed early option 'kho'")
+            elif parameq(param, "kho_scratch") and not self.kho.kho_parse_scratch_size(value):
+                self.printk("Malformed early option 'kho_scratch'")
+        # e820__memblock_setup and the first MiB
+        for r in self.mem.ram:
+            mb.memblock_add(r.start, r.size)
+        mb.memblock_mark_kho_scratch(0, SZ_1M)
+        if not mb.memblock_phys_alloc_range(REALMODE_TRAMPOLINE_SIZE, PAGE_SIZE, 0, SZ_1M):
+            raise BootFailed("Kernel panic - not syncing: Real mode trampoline was not allocated")
+        mb.memblock_reserve(0, SZ_1M)
+        mb.memblock_clear_kho_scratch(0, SZ_1M)
+        # init_mem_mapping, initmem_init (NUMA), sparse_init (memory map per node)
+        self.early_alloc(boot.page_tables, PAGE_SIZE)
+        for r in self.mem.ram:
+            mb.memblock_set_node(r.start, r.size, mb.memory, r.nid)
+        for nid in self.online_nodes():
+            self.early_alloc(self.mem.node_size(nid) >> MEMMAP_SHIFT, PAGE_SIZE, nid)
+        # start_kernel: ordinary boot options
+        for param, value in args:
+            if parameq(param, "reserve_mem"):
+                self.reserve_mem.reserve_mem(value)
+        for driver in self.drivers:
+            driver.early_init(args)
+        # mm_core_init: KHO memory init, then memblock hands memory to the page allocator
+        self.kho.kho_memory_init()
+        mb.kho_scratch_only = False
+        mb.memmap_init_reserved_pages()
+        # initcalls
+        self.kho.register_kho_notifier(ReserveMemKhoParticipant(self.reserve_mem))
+        for driver in self.drivers:
+            driver.init()
+        self.kho.kho_init()
+
+    def _read_cmdline(self, boot_params: int) -> str:
+        lo, hi = struct.unpack("<I", self.mem.read(boot_params + BP_CMD_LINE_PTR, 4))[0], struct.unpack(
+            "<I", self.mem.read(boot_params + BP_EXT_CMD_LINE_PTR, 4)
+        )[0]
+        raw = self.mem.read(lo | (hi << 32), COMMAND_LINE_SIZE)
+        return raw.split(b"\0", 1)[0].decode("latin-1")
+
+    def _parse_setup_data(self, boot_params: int) -> tuple[int, int, int] | None:
+        """Walk the setup_data chain; reserve each node; return the KHO node's payload."""
+        found = None
+        addr = struct.unpack("<Q", self.mem.read(boot_params + BP_SETUP_DATA, 8))[0]
+        seen: set[int] = set()
+        while addr and addr not in seen and len(seen) < SETUP_DATA_MAX_NODES:
+            seen.add(addr)
+            nxt, type_, length = struct.unpack("<QII", self.mem.read(addr, 16))
+            self.memblock.memblock_reserve_kern(addr, 16 + length)
+            if type_ == SETUP_KEXEC_KHO and length >= 32:
+                dt_addr, _dt_size, scratch_addr, scratch_size = struct.unpack("<QQQQ", self.mem.read(addr + 16, 32))
+                found = (dt_addr, scratch_addr, scratch_size)
+            addr = nxt
+        return found
+
+    # -- views -------------------------------------------------------------------------
+    @property
+    def handover(self) -> bool:
+        return self.kho.fdt_in is not None

@@ -1,0 +1,133 @@
+"""The emulated machine: RAM that outlives kernels, and the kernel running on it now."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from kho_fs.model.drivers import BUILTIN_DRIVERS, KhoDriver
+from kho_fs.model.errors import KernelError
+from kho_fs.model.kernel import BootInfo, Kernel
+from kho_fs.model.physmem import PhysicalMemory
+from kho_fs.model.reserve_mem import ReserveMemRegion
+from kho_fs.model.units import SZ_1M, SZ_16M
+
+COLD_KERNEL_BASE = SZ_16M  # LOAD_PHYSICAL_ADDR on x86-64
+COLD_KERNEL_SIZE = 32 * SZ_1M  # in-memory size of the first kernel (model parameter)
+DEFAULT_CMDLINE = "console=ttyS0 kho=on"
+
+
+class Machine:
+    """RAM and NUMA layout plus the current :class:`Kernel`.
+
+    ``version`` increases whenever something a file tree shows may have appeared, gone
+    or been replaced (activation, abort, kexec load, exec, reboot), so views can refresh
+    cheaply instead of caching copies of the model.
+    """
+
+    def __init__(
+        self,
+        mem: PhysicalMemory,
+        cmdline: str,
+        drivers: Sequence[Callable[[Kernel], KhoDriver]] | None = None,
+    ) -> None:
+        self.mem = mem
+        self.cold_cmdline = cmdline
+        self.drivers = list(BUILTIN_DRIVERS.values()) if drivers is None else list(drivers)
+        self.generation = 0  # kexecs since the last cold boot
+        self.boots = 0
+        self.version = 0
+        self.kernel = self._cold_boot()
+
+    @classmethod
+    def create(
+        cls,
+        memory: int = 16 << 30,
+        nodes: int = 1,
+        cmdline: str = DEFAULT_CMDLINE,
+        drivers: Sequence[Callable[[Kernel], KhoDriver]] | None = None,
+    ) -> Machine:
+        """Build and cold-boot a machine; ValueError (a user-facing message) on bad input."""
+        if "\0" in cmdline:
+            raise ValueError("the command line must not contain NUL bytes")
+        if len(cmdline) >= 2048:
+            raise ValueError("the command line must be shorter than 2048 bytes")
+        return cls(PhysicalMemory(memory, nodes), cmdline, drivers)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def _changed(self) -> None:
+        self.version += 1
+
+    def _start(self, boot: BootInfo) -> Kernel:
+        kernel = Kernel(self.mem, boot, self.generation, self.drivers, on_change=self._changed)
+        self.boots += 1
+        kernel.start_kernel()
+        self._changed()
+        return kernel
+
+    def _cold_boot(self) -> Kernel:
+        return self._start(BootInfo(image=(COLD_KERNEL_BASE, COLD_KERNEL_SIZE), cmdline=self.cold_cmdline))
+
+    def kexec_exec(self) -> Kernel:
+        """``kexec -e``: copy the loaded segments into RAM and boot the next kernel.
+
+        RAM keeps its contents; the new kernel finds its command line, and the KHO
+        handover if the load carried one, in the boot parameters the load wrote.
+        """
+        image = self.kernel.kexec.kernel_kexec()
+        self.kernel.kexec.machine_kexec(image)
+        assert image.boot_params is not None and image.kernel is not None
+        initrd = (image.initrd.mem, image.initrd.memsz) if image.initrd is not None else None
+        boot = BootInfo(image=(image.kernel.mem, image.kernel.memsz), initrd=initrd, boot_params=image.boot_params.mem)
+        self.generation += 1
+        self.kernel = self._start(boot)
+        return self.kernel
+
+    def reboot(self, cmdline: str | None = None) -> Kernel:
+        """Cold reboot: RAM contents are lost; the firmware's command line is used again
+        (or ``cmdline``, which then becomes the firmware's)."""
+        if cmdline is not None:
+            if "\0" in cmdline or len(cmdline) >= 2048:
+                raise KernelError(22, "bad command line")
+            self.cold_cmdline = cmdline
+        self.mem.clear()
+        self.generation = 0
+        self.kernel = self._cold_boot()
+        return self.kernel
+
+    def close(self) -> None:
+        self.mem.close()
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- views used by the file tree and the CLI -------------------------------------------
+    def region(self, name: str) -> ReserveMemRegion | None:
+        return self.kernel.reserve_mem.reserve_mem_find_by_name(name)
+
+    def status(self) -> str:
+        """A human summary for ``kho-fs status``."""
+        k = self.kernel
+        lines = [
+            f"generation:  {self.generation} kexec(s) since cold boot ({self.boots} boots in all)",
+            f"cmdline:     {k.cmdline}",
+            f"state:       {'PANICKED: ' + k.panic if k.panic else 'running'}",
+        ]
+        for nid in range(self.mem.nr_nodes):
+            lines.append(f"node {nid}:      {self.mem.node_size(nid) >> 20} MiB RAM")
+        kho = k.kho
+        if kho.sysfs:
+            lines.append(f"KHO:         enabled, active={int(kho.active)}, dt_max={kho.dt_max:#x}")
+        else:
+            lines.append("KHO:         disabled (no /sys/kernel/kho)")
+        lines.append(f"handover:    {'yes, dt_fw present' if k.handover else 'no'}")
+        for i, area in enumerate(kho.scratch):
+            label = "global" if i == 0 else f"node {i - 1}"
+            lines.append(f"scratch:     {label:7s} {area.addr:#x} + {area.size:#x}")
+        for r in k.reserve_mem.table:
+            lines.append(f"reserve_mem: {r.name:15s} {r.start:#x} + {r.size:#x}")
+        loaded = k.kexec.kexec_image
+        lines.append(f"kexec:       {'loaded' + (' with KHO data' if loaded and loaded.kho_fdt else '') if loaded else 'nothing loaded'}")
+        return "\n".join(lines) + "\n"

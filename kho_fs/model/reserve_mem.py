@@ -1,0 +1,124 @@
+"""``reserve_mem=``: named boot-time reservations, and their KHO participant (v4 patch 13).
+
+The table is filled while boot options are parsed and never changes afterwards in v4.
+On a handover boot each option first tries to revive the previous kernel's region of
+the same name and size, so the bytes stay at the same physical address.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kho_fs.model.cmdline import parse_reserve_mem
+from kho_fs.model.fdt import FdtSw
+from kho_fs.model.kho import KEXEC_KHO_ABORT, KEXEC_KHO_DUMP
+from kho_fs.model.notifier import NOTIFY_BAD, NOTIFY_DONE
+from kho_fs.model.units import hex_
+
+if TYPE_CHECKING:
+    from kho_fs.model.kernel import Kernel
+
+RESERVE_MEM_MAX_ENTRIES = 8
+RESERVE_MEM_NAME_SIZE = 16
+RESERVE_MEM_COMPATIBLE = "reserve_mem-v1"
+RESERVE_MEM_MAP_COMPATIBLE = "reserve_mem_map-v1"
+RESERVE_MEM_NODE = "reserve_mem"
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveMemRegion:
+    name: str
+    start: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
+class ReserveMem:
+    """``reserved_mem_table`` and the functions around it."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.table: list[ReserveMemRegion] = []
+
+    def reserve_mem_find_by_name(self, name: str) -> ReserveMemRegion | None:
+        return next((r for r in self.table if r.size and r.name == name), None)
+
+    def reserve_mem(self, value: str | None) -> None:
+        """The ``reserve_mem=`` boot-option handler: every failure is silent in v4."""
+        if len(self.table) >= RESERVE_MEM_MAX_ENTRIES:
+            return
+        param = parse_reserve_mem(value)
+        if param is None or self.reserve_mem_find_by_name(param.name):
+            return
+        if self.reserve_mem_kho_revive(param.name, param.size, param.align):
+            return
+        start = self.kernel.memblock.memblock_phys_alloc(param.size, param.align)
+        if not start:
+            return
+        self.table.append(ReserveMemRegion(param.name, start, param.size))
+
+    def reserve_mem_kho_revive(self, name: str, size: int, align: int) -> bool:
+        """Take over the previous kernel's region ``name`` if it matches (spec 6.5)."""
+        fdt = self.kernel.kho.fdt_in
+        if fdt is None:
+            return False
+        node = fdt.path_offset("/" + RESERVE_MEM_NODE)
+        if node is None:
+            return False
+        printk = self.kernel.printk
+        if not fdt.node_compatible(node, RESERVE_MEM_COMPATIBLE):
+            printk(f"Node '/{RESERVE_MEM_NODE}' has unknown compatible")
+            return False
+        for child in fdt.subnodes(node):
+            if fdt.get_name(child) != name:
+                continue
+            if not fdt.node_compatible(child, RESERVE_MEM_MAP_COMPATIBLE):
+                printk(f"Node '/{RESERVE_MEM_NODE}/{name}' has unknown compatible")
+                continue
+            mem = fdt.getprop(child, "mem")
+            if mem is None or len(mem) != 16:
+                continue
+            start, old_size = struct.unpack("<QQ", mem)
+            if start & (align - 1):  # the kernel's IS_ALIGNED, literal for odd aligns too
+                printk(f"KHO reserved_mem '{name}' has wrong alignment ({hex_(align)}, {hex_(start)})")
+                continue
+            if old_size != size:
+                printk(f"KHO reserved_mem '{name}' has wrong size ({hex_(old_size)} != {hex_(size)})")
+                continue
+            self.table.append(ReserveMemRegion(name, start, size))
+            printk(f"Revived memory reservation '{name}' from KHO")
+            return True
+        return False
+
+
+class ReserveMemKhoParticipant:
+    """The v4 ``reserve_mem`` notifier: writes ``/reserve_mem`` on DUMP."""
+
+    name = "reserve_mem"
+
+    def __init__(self, reserve_mem: ReserveMem) -> None:
+        self.reserve_mem = reserve_mem
+
+    def notifier_call(self, event: int, data: Any) -> int:
+        if event == KEXEC_KHO_ABORT:
+            return NOTIFY_DONE
+        if event != KEXEC_KHO_DUMP or not isinstance(data, FdtSw):
+            return NOTIFY_BAD
+        table = self.reserve_mem.table
+        if not table:
+            return NOTIFY_DONE
+        fdt = data
+        err = fdt.begin_node(RESERVE_MEM_NODE)
+        err |= fdt.property_string("compatible", RESERVE_MEM_COMPATIBLE)
+        for region in table:
+            err |= fdt.begin_node(region.name)
+            err |= fdt.property_string("compatible", RESERVE_MEM_MAP_COMPATIBLE)
+            err |= fdt.property("mem", struct.pack("<QQ", region.start, region.size))
+            err |= fdt.end_node()
+        err |= fdt.end_node()
+        return NOTIFY_BAD if err else NOTIFY_DONE
