@@ -118,9 +118,9 @@ class Kernel:
         # parse_early_param
         for param, value in args:
             if parameq(param, "kho") and not self.kho.kho_parse_enable(value):
-                self.printk("Malformed early option 'kho'")
+                self.printk(f"Malformed early option '{param}'")
             elif parameq(param, "kho_scratch") and not self.kho.kho_parse_scratch_size(value):
-                self.printk("Malformed early option 'kho_scratch'")
+                self.printk(f"Malformed early option '{param}'")
         # e820__memblock_setup and the first MiB
         for r in self.mem.ram:
             mb.memblock_add(r.start, r.size)
