@@ -1,0 +1,171 @@
+"""The KHO v4 ABI profile: which paths exist when, with which mode, bound to which model call.
+
+The profile is data over the model: ``entries()`` asks the machine what exists now, and
+``version()`` is the machine's change counter, so the tree rebuilds only after something
+happened (activation, abort, kexec load, exec, reboot). Files owned by the running kernel
+are keyed by the boot they belong to, so after a kexec every one of them is a new
+instance and old descriptors get ENODEV, as on a kernel that rebooted.
+
+Emulator-only files live under ``machine/`` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterator
+
+from kho_fs.model.cmdline import kstrtoull
+from kho_fs.model.errors import KernelError
+from kho_fs.model.kernel import Kernel
+from kho_fs.model.machine import Machine
+from kho_fs.model.memblock import memblock_debug_show
+from kho_fs.tree.nodes import (
+    BinaryAttribute,
+    ControlFile,
+    DebugfsSeqFile,
+    Directory,
+    Node,
+    RegionFile,
+    StagingFile,
+    TextAttribute,
+)
+from kho_fs.tree.tree import Entry
+
+KEXEC_STAGING_MAX = 1 << 30  # largest kernel or initrd the control files accept
+KEXEC_COMMANDS = ("kexec_file_load", "kexec_load", "unload", "exec")
+
+
+class ProcFile(DebugfsSeqFile):
+    """A procfs seq_file (``/proc/cmdline``): st_size 0, snapshot reads, writes fail
+    with EIO (no write handler), opening for writing is left to the permission bits."""
+
+    removed_errno = errno.EIO
+
+    def write(self, handle: object, offset: int, data: bytes) -> int:  # type: ignore[override]
+        raise KernelError(errno.EIO, "no write handler")
+
+
+def _window(mem_read: Callable[[int, int], bytes], mem_write: Callable[[int, bytes], None], start: int, size: int) -> RegionFile:
+    """A 0600 file over ``[start, start + size)`` of physical memory."""
+
+    def write(offset: int, data: bytes) -> int:
+        mem_write(start + offset, data)
+        return len(data)
+
+    return RegionFile(0o600, lambda: size, lambda off, n: mem_read(start + off, n), write)
+
+
+class V4Profile:
+    """Paths of the v4 series (spec section 3.1) plus the emulator's ``machine/`` files."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        # Staging files belong to user space (what kexec-tools would read), so they
+        # survive kexec; the kernel never sees them until a load command.
+        self.kexec_kernel = StagingFile(0o600, KEXEC_STAGING_MAX)
+        self.kexec_initrd = StagingFile(0o600, KEXEC_STAGING_MAX)
+        self.kexec_cmdline = StagingFile(0o600, 4096)
+
+    def version(self) -> int:
+        return self.machine.version
+
+    @property
+    def kernel(self) -> Kernel:
+        return self.machine.kernel
+
+    # -- entries ---------------------------------------------------------------------------
+    def entries(self) -> Iterator[Entry]:
+        m, k = self.machine, self.machine.kernel
+        boot = m.boots
+        if k.panic is None:
+            yield from self._kernel_entries(k, boot)
+        yield from self._machine_entries(k, boot)
+
+    def _kernel_entries(self, k: Kernel, boot: int) -> Iterator[Entry]:
+        kho, mem = k.kho, self.machine.mem
+
+        def entry(path: str, make: Callable[[], Node], key: object = None) -> Entry:
+            return Entry(path, make, (boot, key))
+
+        if kho.sysfs:
+            yield entry("sys/kernel/kho", lambda: Directory(0o755))
+            yield entry("sys/kernel/kho/active", lambda: TextAttribute(0o600, kho.active_show, kho.active_store))
+            yield entry("sys/kernel/kho/dt_max", lambda: TextAttribute(0o600, kho.dt_max_show, kho.dt_max_store))
+            yield entry("sys/kernel/kho/scratch_phys", lambda: TextAttribute(0o400, kho.scratch_phys_show))
+            yield entry("sys/kernel/kho/scratch_len", lambda: TextAttribute(0o400, kho.scratch_len_show))
+            fdt = kho.fdt
+            if fdt is not None:
+                yield entry("sys/kernel/kho/dt", lambda: BinaryAttribute(0o400, lambda: fdt), kho.fdt_serial)
+            dt_fw = kho.dt_fw
+            if dt_fw is not None:
+                yield entry("sys/firmware/kho", lambda: Directory(0o755))
+                yield entry("sys/firmware/kho/dt_fw", lambda: BinaryAttribute(0o444, lambda: dt_fw))
+        yield entry("sys/kernel/kexec_loaded", lambda: TextAttribute(0o444, k.kexec.kexec_loaded_show))
+        yield entry("sys/kernel/debug", lambda: Directory(0o700))
+        mb = k.memblock
+        yield entry("sys/kernel/debug/memblock/memory", lambda: DebugfsSeqFile(0o444, lambda: memblock_debug_show(mb.memory)))
+        yield entry("sys/kernel/debug/memblock/reserved", lambda: DebugfsSeqFile(0o444, lambda: memblock_debug_show(mb.reserved)))
+        yield entry("proc/cmdline", lambda: ProcFile(0o444, lambda: k.cmdline + "\n"))
+        yield entry("dev/mem", lambda: RegionFile(0o600, lambda: mem.end, mem.read, _dev_mem_write(mem.write)))
+        for r in k.reserve_mem.table:
+            yield entry(f"machine/reserve_mem/{r.name}", lambda r=r: _window(mem.read, mem.write, r.start, r.size), (r.start, r.size))
+        for driver in k.drivers:
+            for region in driver.regions():
+                path = f"machine/drivers/{driver.name}/{region.name}"
+                yield entry(path, lambda r=region: _window(mem.read, mem.write, r.start, r.size), (r.start, r.size))
+
+    def _machine_entries(self, k: Kernel, boot: int) -> Iterator[Entry]:
+        m = self.machine
+        yield Entry("machine/dmesg", lambda: DebugfsSeqFile(0o444, lambda: m.kernel.log.render()), boot)
+        yield Entry("machine/status", lambda: DebugfsSeqFile(0o444, m.status))
+        yield Entry("machine/cmdline", lambda: ControlFile(0o600, self._set_cold_cmdline, lambda: m.cold_cmdline + "\n"))
+        yield Entry("machine/reboot", lambda: ControlFile(0o200, self._reboot))
+        yield Entry("machine/kexec/kernel", lambda: self.kexec_kernel)
+        yield Entry("machine/kexec/initrd", lambda: self.kexec_initrd)
+        yield Entry("machine/kexec/cmdline", lambda: self.kexec_cmdline)
+        yield Entry("machine/kexec/control", lambda: ControlFile(0o200, self._kexec_control))
+
+    # -- emulator controls ----------------------------------------------------------------
+    def _set_cold_cmdline(self, buf: bytes) -> None:
+        text = _c_string(buf).rstrip("\n")
+        if len(text) >= 2048:
+            raise KernelError(errno.EINVAL, "command line too long")
+        self.machine.cold_cmdline = text
+
+    def _reboot(self, buf: bytes) -> None:
+        self.machine.reboot()
+
+    def _kexec_control(self, buf: bytes) -> None:
+        """``kexec_file_load [FLAGS]``, ``kexec_load``, ``unload`` or ``exec``."""
+        words = _c_string(buf).split()
+        if not words or words[0] not in KEXEC_COMMANDS or len(words) > 2:
+            raise KernelError(errno.EINVAL, f"expected one of {', '.join(KEXEC_COMMANDS)}")
+        cmd = words[0]
+        kexec = self.kernel.kexec
+        if cmd == "exec":
+            if len(words) > 1:
+                raise KernelError(errno.EINVAL, "exec takes no argument")
+            self.machine.kexec_exec()
+            return
+        if cmd == "unload":
+            kexec.kexec_unload()
+            return
+        kernel, initrd = self.kexec_kernel.contents(), self.kexec_initrd.contents() or None
+        cmdline = _c_string(self.kexec_cmdline.contents()).rstrip("\n")
+        if cmd == "kexec_load":
+            kexec.kexec_load(kernel, initrd, cmdline)
+            return
+        flags = kstrtoull(words[1], 0) if len(words) > 1 else 0
+        kexec.kexec_file_load(kernel, initrd, cmdline, flags)
+
+
+def _c_string(buf: bytes) -> str:
+    return buf.split(b"\0", 1)[0].decode("latin-1")
+
+
+def _dev_mem_write(write: Callable[[int, bytes], None]) -> Callable[[int, bytes], int]:
+    def dev_mem_write(offset: int, data: bytes) -> int:
+        write(offset, data)
+        return len(data)
+
+    return dev_mem_write
