@@ -1,0 +1,148 @@
+"""``kho-fs kexec``: kexec-tools' command line, driving an emulated machine.
+
+It accepts the kexec-tools options users already script against (``-l``, ``-s``,
+``--initrd``, ``--append``, ``--command-line``, ``--reuse-cmdline``, ``-u``, ``-e``),
+reads the image files itself (as the invoking user), streams them into the mount's
+``machine/kexec/`` staging files, and issues the load through ``machine/kexec/control``.
+Failures print like kexec-tools and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+from pathlib import Path
+
+CHUNK = 1 << 20
+EXIT_FAILURE = 255  # kexec-tools returns -1 from main on a failed syscall
+DROP_FROM_REUSED = ("BOOT_IMAGE", "crashkernel")  # what kexec-tools strips on --reuse-cmdline
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kho-fs kexec",
+        description="Load or execute a new kernel on an emulated machine, like kexec(8).",
+        epilog="The machine is the mountpoint given with --root or in KHO_FS_ROOT.",
+    )
+    p.add_argument("image", nargs="?", help="kernel image (any file; see README: kernel segment rule)")
+    p.add_argument("--root", default=os.environ.get("KHO_FS_ROOT"), help="kho-fs mountpoint (default: $KHO_FS_ROOT)")
+    p.add_argument("-l", "--load", metavar="IMAGE", dest="load", help="load IMAGE for a later -e")
+    p.add_argument("-s", "--kexec-file-syscall", action="store_true", help="use kexec_file_load (needed for KHO)")
+    p.add_argument("-c", "--kexec-syscall", action="store_true", help="use kexec_load (the default)")
+    p.add_argument("-a", "--kexec-syscall-auto", action="store_true", help="try kexec_file_load, fall back to kexec_load")
+    p.add_argument("--initrd", "--ramdisk", dest="initrd", metavar="FILE", help="initial ramdisk")
+    p.add_argument("--append", metavar="STR", help="append STR to the command line")
+    p.add_argument("--command-line", metavar="STR", help="the new kernel's command line")
+    p.add_argument("--reuse-cmdline", action="store_true", help="start from the running kernel's /proc/cmdline")
+    p.add_argument("-u", "--unload", action="store_true", help="unload the loaded image")
+    p.add_argument("-e", "--exec", action="store_true", dest="exec_", help="boot the loaded image now")
+    p.add_argument("-p", "--load-panic", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-d", "--debug", action="store_true", help="print what is done")
+    return p
+
+
+class KexecError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _root(args: argparse.Namespace) -> Path:
+    if not args.root:
+        raise KexecError("kexec: no machine: pass --root MOUNTPOINT or set KHO_FS_ROOT", 1)
+    root = Path(args.root)
+    if not (root / "machine" / "kexec" / "control").exists():
+        raise KexecError(f"kexec: {root} is not a kho-fs mount", 1)
+    return root
+
+
+def _stage(src: str | None, dst: Path) -> None:
+    """Copy ``src`` (or nothing) into a staging file in 1 MiB writes."""
+    with open(dst, "wb") as out:  # O_TRUNC empties the staging file
+        if src is None:
+            return
+        try:
+            f = open(src, "rb")  # noqa: SIM115 - closed below, errors reported precisely
+        except OSError as exc:
+            raise KexecError(f"kexec: Cannot open `{src}': {exc.strerror}", 1) from exc
+        with f:
+            while chunk := f.read(CHUNK):
+                out.write(chunk)
+
+
+def _cmdline(args: argparse.Namespace, root: Path) -> str:
+    parts: list[str] = []
+    if args.reuse_cmdline:
+        reused = (root / "proc" / "cmdline").read_text("latin-1").strip()
+        parts += [w for w in reused.split() if w.split("=", 1)[0] not in DROP_FROM_REUSED]
+    if args.command_line is not None:
+        parts.append(args.command_line)
+    if args.append is not None:
+        parts.append(args.append)
+    return " ".join(p for p in parts if p)
+
+
+def _control(root: Path, command: str) -> None:
+    fd = os.open(root / "machine" / "kexec" / "control", os.O_WRONLY)
+    try:
+        os.write(fd, command.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def _is_loaded(root: Path) -> bool:
+    return (root / "sys" / "kernel" / "kexec_loaded").read_text().strip() == "1"
+
+
+def load(args: argparse.Namespace, root: Path, image: str) -> None:
+    kexec_dir = root / "machine" / "kexec"
+    _stage(image, kexec_dir / "kernel")
+    _stage(args.initrd, kexec_dir / "initrd")
+    (kexec_dir / "cmdline").write_bytes(_cmdline(args, root).encode("latin-1"))
+    syscalls = ["kexec_file_load"] if args.kexec_file_syscall else ["kexec_load"]
+    if args.kexec_syscall_auto:
+        syscalls = ["kexec_file_load", "kexec_load"]
+    for i, syscall in enumerate(syscalls):
+        try:
+            _control(root, syscall)
+            return
+        except OSError as exc:
+            if i + 1 == len(syscalls):
+                raise KexecError(f"{syscall} failed: {os.strerror(exc.errno or errno.EIO)}") from exc
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.load_panic:
+        print("kexec: crash kernels (-p) are not modelled by kho-fs", file=sys.stderr)
+        return 1
+    image = args.load or args.image
+    try:
+        root = _root(args)
+        if args.unload:
+            try:
+                _control(root, "unload")
+            except OSError as exc:
+                raise KexecError(f"kexec_file_load failed: {os.strerror(exc.errno or errno.EIO)}") from exc
+            return 0
+        if image is not None:
+            load(args, root, image)
+            if args.load:
+                return 0
+        if args.exec_ or (image is not None and not args.load):
+            if not _is_loaded(root):
+                raise KexecError("Nothing has been loaded!")
+            try:
+                _control(root, "exec")
+            except OSError as exc:
+                raise KexecError(f"kexec failed: {os.strerror(exc.errno or errno.EIO)}") from exc
+            return 0
+        if image is None:
+            build_parser().print_usage(sys.stderr)
+            return 1
+    except KexecError as exc:
+        print(exc, file=sys.stderr)
+        return exc.code
+    return 0
