@@ -1,0 +1,176 @@
+"""Command line: argument parsing only.
+
+Subcommands are registered with :func:`subcommand`: a cheap function that adds the
+arguments, plus the ``"module:function"`` that runs the command.  That module is imported
+only when its command runs, so ``kho-fs --help`` stays fast.  To add a command (for
+example ``kexec`` or ``status``)::
+
+    @subcommand("status", "show the emulated machine's state", run="kho_fs.status:run")
+    def _status_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("mountpoint")
+
+``run(args: argparse.Namespace) -> int`` returns the exit code, or raises
+:class:`CommandError` with a one-line message and a code.
+
+Exit codes (all commands):
+
+== =========================================================================
+0  success
+1  the operation failed (mount, unmount, daemon start, daemon exit)
+2  usage: unknown option, bad size or count, bad kernel command line
+3  mountpoint: missing, not a directory, not empty, already mounted, or
+   (umount) not a kho-fs mount
+4  FUSE unavailable (/dev/fuse missing or not accessible)
+== =========================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_MOUNTPOINT = 3
+EXIT_NO_FUSE = 4
+
+PROG = "kho-fs"
+
+
+class CommandError(Exception):
+    """A failure to report as one line ``kho-fs: <message>`` and exit with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: str  # "module:function"
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def subcommand(
+    name: str, help: str, *, run: str
+) -> Callable[
+    [Callable[[argparse.ArgumentParser], None]], Callable[[argparse.ArgumentParser], None]
+]:
+    """Register a subcommand whose arguments the decorated function adds."""
+
+    def register(
+        add_arguments: Callable[[argparse.ArgumentParser], None],
+    ) -> Callable[[argparse.ArgumentParser], None]:
+        SUBCOMMANDS[name] = Subcommand(name, help, add_arguments, run)
+        return add_arguments
+
+    return register
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (no usage dump), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}\n")
+
+
+def parse_size(text: str) -> int:
+    """A byte count as the kernel's ``memparse`` reads it (``16G``, ``0x4000_0000``...)."""
+    from kho_fs.model.cmdline import memparse
+
+    value, end = memparse(text)
+    if not text or end != len(text) or value == 0:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (examples: 512M, 16G, 0x40000000)")
+    return value
+
+
+def parse_count(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"bad count {text!r} (a positive integer)")
+    return value
+
+
+@subcommand("mount", "mount an emulated machine", run="kho_fs.daemon:mount_command")
+def _mount_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mountpoint", help="an empty directory")
+    parser.add_argument(
+        "--memory",
+        type=parse_size,
+        default="16G",
+        metavar="SIZE",
+        help="RAM size, kernel memparse syntax (default: 16G)",
+    )
+    parser.add_argument(
+        "--nodes", type=parse_count, default=1, metavar="N", help="NUMA nodes (default: 1)"
+    )
+    parser.add_argument(
+        "--cmdline",
+        default=None,
+        metavar="CMDLINE",
+        help='kernel command line of the cold boot (default: the model\'s, "console=ttyS0 kho=on")',
+    )
+    parser.add_argument(
+        "-f", "--foreground", action="store_true", help="serve in this process, log to stderr"
+    )
+    parser.add_argument(
+        "--allow-other", action="store_true", help="let other users access the mount"
+    )
+    parser.add_argument("--debug", action="store_true", help="log at debug level")
+    parser.add_argument(
+        "--log",
+        metavar="FILE",
+        default=None,
+        help="daemon log file (default: <runtime dir>/<mountpoint hash>.log)",
+    )
+    # Hidden, for tests: serve another profile, "module:callable" or "file.py:callable",
+    # called as callable(memory=..., nodes=..., cmdline=...).
+    parser.add_argument("--profile", default=None, help=argparse.SUPPRESS)
+
+
+@subcommand("umount", "unmount and wait for the daemon to exit", run="kho_fs.daemon:umount_command")
+def _umount_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mountpoint")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="A FUSE-mounted emulator of Linux Kexec HandOver.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    for command in SUBCOMMANDS.values():
+        sub = commands.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, _, function_name = args._run.partition(":")
+    run: Callable[[argparse.Namespace], int] = getattr(
+        importlib.import_module(module_name), function_name
+    )
+    try:
+        return run(args)
+    except CommandError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""The node tree: a profile's entries resolved into stable node instances and inodes.
+
+A profile is data.  It reports the entries that exist right now, each an :class:`Entry`
+``(path, make, key)``, and a ``version()`` that changes whenever the entry set or the
+identity of an entry may have changed.  The tree turns that into directories of node
+instances:
+
+- ``(path, key)`` is the identity of a node.  While an entry keeps its path, its key and
+  its parent directory instance, the tree keeps its node instance and inode number.  A
+  different key (or a re-created parent) gives a NEW instance with a new inode; the old
+  instance is marked ``removed`` so handles opened on it fail with its ``removed_errno``.
+- The tree only rebuilds when ``version()`` changed, so lookups in a polled ``stat`` loop
+  cost one ``version()`` call.  It may therefore miss intermediate states: a node that is
+  removed and re-created between two rebuilds must come back with a different key (a
+  generation counter, say), never with the old one.
+- Directories may be declared (an entry whose ``make`` returns a :class:`Directory`) or
+  implied by a deeper path, in which case they are ``Directory(0o755)`` whose identity
+  lasts as long as they exist.  The root always exists (mode 0755, inode 1).
+- What changed since the adapter last asked is available through :meth:`take_changes`,
+  so the FUSE layer can invalidate the kernel's caches.
+
+Nothing here imports pyfuse3 or the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Protocol
+
+from kho_fs.tree.nodes import Directory, Node
+
+__all__ = [
+    "ROOT_INO",
+    "Entry",
+    "EntryChange",
+    "ManualProfile",
+    "NodeTree",
+    "Profile",
+    "TreeChanges",
+]
+
+log = logging.getLogger(__name__)
+
+#: Inode number of the root directory (FUSE_ROOT_ID in the FUSE protocol).
+ROOT_INO = 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One path a profile declares.
+
+    ``path`` is relative to the mount root, ``/``-separated (``sys/kernel/kho/active``);
+    ``make`` builds a fresh node instance; ``key`` is the identity of that instance (see
+    the module docstring) -- ``None`` is fine for a file that never changes identity.
+    """
+
+    path: str
+    make: Callable[[], Node]
+    key: Hashable = None
+
+
+class Profile(Protocol):
+    """What the tree asks an ABI profile.  Both calls must be cheap and side-effect free."""
+
+    def version(self) -> int:
+        """A number that changes whenever ``entries()`` or an entry's identity may have."""
+        ...
+
+    def entries(self) -> Iterable[Entry]:
+        """The entries that exist now, in any order."""
+        ...
+
+
+@dataclass(frozen=True)
+class EntryChange:
+    """One directory entry that changed in a rebuild.
+
+    ``parent`` is the directory instance the kernel knows the entry under: the old parent
+    for a removal or replacement, the new one for an addition.
+    """
+
+    path: str
+    parent: Directory
+    name: str
+    old: Node | None
+    new: Node | None
+
+
+@dataclass
+class TreeChanges:
+    """Changes since the last :meth:`NodeTree.take_changes`; false when nothing changed."""
+
+    version_changed: bool = False
+    removed: list[EntryChange] = field(default_factory=list)
+    added: list[EntryChange] = field(default_factory=list)
+    replaced: list[EntryChange] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.version_changed
+
+
+@dataclass
+class _Slot:
+    node: Node
+    key: Hashable
+    parent: Directory | None
+    name: str
+
+
+_IMPLIED = object()  # key of directories nobody declared
+
+
+def _split(path: str) -> tuple[str, ...]:
+    parts = tuple(p for p in path.split("/") if p)
+    if not parts:
+        raise ValueError(f"entry path {path!r} names the root")
+    for p in parts:
+        if p in (".", ".."):
+            raise ValueError(f"entry path {path!r} contains {p!r}")
+    return parts
+
+
+def _make(entry: Entry) -> Node:
+    node = entry.make()
+    if not isinstance(node, Node):
+        raise TypeError(f"make() for {entry.path!r} returned {node!r}, not a Node")
+    return node
+
+
+class NodeTree:
+    """Resolves a :class:`Profile` into node instances, lazily and incrementally."""
+
+    def __init__(self, profile: Profile) -> None:
+        self._profile = profile
+        self._inos = count(ROOT_INO + 1)
+        self.root = Directory(0o755)
+        self.root.ino = ROOT_INO
+        root_slot = _Slot(self.root, None, None, "")
+        self._slots: dict[tuple[str, ...], _Slot] = {(): root_slot}
+        self._by_ino: dict[int, tuple[str, ...]] = {ROOT_INO: ()}
+        self._children: dict[int, list[tuple[str, Node]]] = {ROOT_INO: []}
+        self._version: int | None = None
+        self._pending = TreeChanges()
+        self.rebuilds = 0
+
+    # -- queries (each one first catches up with the profile) --------------------------
+
+    def node(self, ino: int) -> Node | None:
+        """The live node with inode ``ino``, or None."""
+        self.sync()
+        parts = self._by_ino.get(ino)
+        return None if parts is None else self._slots[parts].node
+
+    def lookup(self, parent: Node, name: str) -> Node | None:
+        """The live child ``name`` of directory ``parent``, or None."""
+        self.sync()
+        parts = self._by_ino.get(parent.ino)
+        if parts is None or not parent.is_dir:
+            return None
+        slot = self._slots.get((*parts, name))
+        return None if slot is None else slot.node
+
+    def parent(self, node: Node) -> Directory | None:
+        """The live parent directory of a live node (None for the root or a removed node)."""
+        self.sync()
+        parts = self._by_ino.get(node.ino)
+        return None if parts is None else self._slots[parts].parent
+
+    def children(self, directory: Node) -> list[tuple[str, Node]]:
+        """``(name, node)`` pairs of a live directory, in alphabetical order."""
+        self.sync()
+        return list(self._children.get(directory.ino, ()))
+
+    def subdir_count(self, directory: Node) -> int:
+        self.sync()
+        return sum(1 for _, n in self._children.get(directory.ino, ()) if n.is_dir)
+
+    def path(self, node: Node) -> str | None:
+        """The path of a live node (``""`` for the root), or None."""
+        self.sync()
+        parts = self._by_ino.get(node.ino)
+        return None if parts is None else "/".join(parts)
+
+    def resolve(self, path: str) -> Node | None:
+        """The live node at ``path`` (``""`` or ``/`` for the root), or None."""
+        self.sync()
+        parts = tuple(p for p in path.split("/") if p)
+        slot = self._slots.get(parts)
+        return None if slot is None else slot.node
+
+    # -- change tracking ---------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Rebuild if the profile's version changed since the last rebuild."""
+        version = self._profile.version()
+        if version != self._version:
+            self._rebuild()
+            self._version = version
+
+    def take_changes(self) -> TreeChanges:
+        """Catch up with the profile and hand over the changes not yet taken."""
+        self.sync()
+        changes, self._pending = self._pending, TreeChanges()
+        return changes
+
+    def _rebuild(self) -> None:
+        declared: dict[tuple[str, ...], Entry] = {}
+        for entry in self._profile.entries():
+            parts = _split(entry.path)
+            if parts in declared:
+                raise ValueError(f"profile declares {entry.path!r} twice")
+            declared[parts] = entry
+        wanted: dict[tuple[str, ...], Entry | None] = dict(declared)
+        for parts in declared:
+            for depth in range(1, len(parts)):
+                wanted.setdefault(parts[:depth], None)
+
+        old_slots = self._slots
+        slots: dict[tuple[str, ...], _Slot] = {(): old_slots[()]}
+        changes = TreeChanges(version_changed=True)
+        # Sorting component tuples puts every directory before its descendants.
+        for parts in sorted(wanted):
+            wanted_entry = wanted[parts]
+            key = _IMPLIED if wanted_entry is None else wanted_entry.key
+            parent_slot = slots[parts[:-1]]
+            parent = parent_slot.node
+            if not isinstance(parent, Directory):
+                raise ValueError(f"profile puts {'/'.join(parts)!r} under a file")
+            old = old_slots.get(parts)
+            if old is not None and old.key == key and old.parent is parent:
+                node = old.node
+            else:
+                node = Directory(0o755) if wanted_entry is None else _make(wanted_entry)
+                node.ino = next(self._inos)
+                path = "/".join(parts)
+                if old is None:
+                    changes.added.append(EntryChange(path, parent, parts[-1], None, node))
+                else:
+                    assert old.parent is not None
+                    changes.replaced.append(
+                        EntryChange(path, old.parent, parts[-1], old.node, node)
+                    )
+            slots[parts] = _Slot(node, key, parent, parts[-1])
+
+        live = {id(s.node) for s in slots.values()}
+        for parts, old in old_slots.items():
+            if id(old.node) in live:
+                continue
+            old.node.removed = True
+            if parts not in slots:
+                assert old.parent is not None
+                changes.removed.append(
+                    EntryChange("/".join(parts), old.parent, old.name, old.node, None)
+                )
+
+        pending = self._pending
+        pending.version_changed = True
+        pending.removed += changes.removed
+        pending.added += changes.added
+        pending.replaced += changes.replaced
+        self._slots = slots
+        self._by_ino = {s.node.ino: parts for parts, s in slots.items()}
+        children: dict[int, list[tuple[str, Node]]] = {
+            s.node.ino: [] for s in slots.values() if s.node.is_dir
+        }
+        for parts in sorted(slots):
+            if parts:
+                children[slots[parts[:-1]].node.ino].append((parts[-1], slots[parts].node))
+        self._children = children
+        self.rebuilds += 1
+        log.debug(
+            "rebuilt tree: %d nodes, %d added, %d replaced, %d removed",
+            len(slots),
+            len(changes.added),
+            len(changes.replaced),
+            len(changes.removed),
+        )
+
+
+class ManualProfile:
+    """A profile whose entry list is set by hand: for tests and plug-in experiments.
+
+    Every :meth:`set_entries` or :meth:`touch` bumps the version.
+    """
+
+    def __init__(self, entries: Iterable[Entry] = ()) -> None:
+        self._entries = list(entries)
+        self._version = 0
+
+    def version(self) -> int:
+        return self._version
+
+    def entries(self) -> list[Entry]:
+        return list(self._entries)
+
+    def set_entries(self, entries: Iterable[Entry]) -> None:
+        self._entries = list(entries)
+        self.touch()
+
+    def touch(self) -> None:
+        """Declare that identities or sizes may have changed without a new entry list."""
+        self._version += 1
