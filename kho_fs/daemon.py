@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 FSNAME = "kho-fs"
 FSTYPE = "fuse.kho-fs"  # what /proc/self/mountinfo shows for subtype=kho-fs
+FUSE_DEVICE = "/dev/fuse"
 READY_TIMEOUT = 30.0
 EXIT_TIMEOUT = 10.0
 LOG_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s"
@@ -202,10 +203,12 @@ def check_mountpoint(path: str) -> str:
 
 
 def check_fuse() -> None:
-    if not os.path.exists("/dev/fuse"):
-        raise CommandError("/dev/fuse does not exist: FUSE is not available", EXIT_NO_FUSE)
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        raise CommandError("/dev/fuse is not readable and writable for this user", EXIT_NO_FUSE)
+    if not os.path.exists(FUSE_DEVICE):
+        raise CommandError(f"{FUSE_DEVICE} does not exist: FUSE is not available", EXIT_NO_FUSE)
+    if not os.access(FUSE_DEVICE, os.R_OK | os.W_OK):
+        raise CommandError(
+            f"{FUSE_DEVICE} is not readable and writable for this user", EXIT_NO_FUSE
+        )
 
 
 def configure_logging(debug: bool) -> None:

@@ -1,0 +1,224 @@
+"""NodeTree: resolution of a profile into stable node instances, lazily and incrementally."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from kho_fs.model.errors import KernelError
+from kho_fs.tree.nodes import BinaryAttribute, Directory, Node, TextAttribute
+from kho_fs.tree.tree import ROOT_INO, Entry, ManualProfile, NodeTree
+
+
+class CountingProfile(ManualProfile):
+    def __init__(self, entries=()):
+        super().__init__(entries)
+        self.entry_calls = 0
+
+    def entries(self):
+        self.entry_calls += 1
+        return super().entries()
+
+
+def text(mode: int = 0o444, value: str = "0\n"):
+    return lambda: TextAttribute(mode, lambda: value)
+
+
+def blob(data: bytes = b"\xd0\x0d\xfe\xed"):
+    return lambda: BinaryAttribute(0o400, lambda: data)
+
+
+def base_entries(active: bool = False, gen: int = 0) -> list[Entry]:
+    entries = [
+        Entry("sys/kernel/kho/active", text(0o600)),
+        Entry("sys/kernel/kho/scratch_phys", text(0o400)),
+        Entry("sys/kernel/kexec_loaded", text()),
+        Entry("sys/kernel/debug", lambda: Directory(0o700)),
+        Entry("sys/kernel/debug/memblock/memory", text()),
+    ]
+    if active:
+        entries.append(Entry("sys/kernel/kho/dt", blob(), gen))
+    return entries
+
+
+def test_paths_and_implied_directories():
+    tree = NodeTree(ManualProfile(base_entries()))
+    assert tree.root.ino == ROOT_INO
+    kho = tree.resolve("sys/kernel/kho")
+    assert isinstance(kho, Directory) and kho.mode == 0o040755
+    debug = tree.resolve("/sys/kernel/debug/")
+    assert debug is not None and debug.mode == 0o040700
+    active = tree.lookup(kho, "active")
+    assert active is tree.resolve("sys/kernel/kho/active")
+    assert tree.path(active) == "sys/kernel/kho/active"
+    assert tree.parent(active) is kho
+    assert tree.node(active.ino) is active
+    assert tree.lookup(kho, "dt") is None
+    assert tree.lookup(active, "x") is None  # not a directory
+    assert tree.resolve("") is tree.root
+
+
+def test_readdir_order_is_alphabetical():
+    entries = [Entry(f"d/{name}", text()) for name in ("zeta", "dt_max", "active", "dt", "B")]
+    tree = NodeTree(ManualProfile(entries))
+    d = tree.resolve("d")
+    assert [name for name, _ in tree.children(d)] == ["B", "active", "dt", "dt_max", "zeta"]
+    assert [name for name, _ in tree.children(tree.root)] == ["d"]
+    assert tree.subdir_count(tree.root) == 1
+
+
+def test_inodes_are_unique_and_stable():
+    profile = ManualProfile(base_entries())
+    tree = NodeTree(profile)
+    before = {path: tree.resolve(path) for path in ("sys", "sys/kernel/kho/active")}
+    inos = {n.ino for _, n in tree.children(tree.resolve("sys/kernel/kho"))}
+    assert len(inos) == 2 and ROOT_INO not in inos
+    profile.set_entries(base_entries(active=True, gen=1))
+    for path, node in before.items():
+        assert tree.resolve(path) is node
+        assert not node.removed
+
+
+def test_no_rebuild_without_version_change():
+    profile = CountingProfile(base_entries())
+    tree = NodeTree(profile)
+    kho = tree.resolve("sys/kernel/kho")
+    for _ in range(1000):
+        tree.lookup(kho, "active")
+        tree.lookup(kho, "dt")
+    assert profile.entry_calls == 1
+    assert tree.rebuilds == 1
+    profile.touch()
+    tree.lookup(kho, "active")
+    assert profile.entry_calls == 2
+
+
+def test_appearing_rekeyed_and_removed_nodes():
+    profile = ManualProfile(base_entries())
+    tree = NodeTree(profile)
+    tree.take_changes()
+    kho = tree.resolve("sys/kernel/kho")
+
+    profile.set_entries(base_entries(active=True, gen=1))
+    changes = tree.take_changes()
+    dt1 = tree.resolve("sys/kernel/kho/dt")
+    assert [(c.path, c.parent, c.new) for c in changes.added] == [("sys/kernel/kho/dt", kho, dt1)]
+    assert not changes.removed and not changes.replaced
+    assert not tree.take_changes()  # nothing new since
+
+    handle = dt1.open(os.O_RDONLY, 0)
+    profile.set_entries(base_entries(active=True, gen=2))  # same path, new key
+    changes = tree.take_changes()
+    dt2 = tree.resolve("sys/kernel/kho/dt")
+    assert dt2 is not dt1 and dt2.ino != dt1.ino
+    assert dt1.removed and not dt2.removed
+    assert [(c.name, c.old, c.new) for c in changes.replaced] == [("dt", dt1, dt2)]
+    with pytest.raises(KernelError) as info:
+        handle.read(0, 10)
+    assert info.value.errno == errno.ENODEV
+
+    profile.set_entries(base_entries())
+    changes = tree.take_changes()
+    assert [(c.name, c.parent, c.old) for c in changes.removed] == [("dt", kho, dt2)]
+    assert dt2.removed
+    assert tree.node(dt2.ino) is None
+
+
+def test_same_key_after_a_removal_seen_by_the_tree_is_a_new_instance():
+    profile = ManualProfile(base_entries(active=True, gen=1))
+    tree = NodeTree(profile)
+    dt = tree.resolve("sys/kernel/kho/dt")
+    profile.set_entries(base_entries())
+    tree.sync()
+    profile.set_entries(base_entries(active=True, gen=1))
+    assert tree.resolve("sys/kernel/kho/dt") is not dt
+
+
+def test_changes_accumulate_until_taken():
+    profile = ManualProfile(base_entries())
+    tree = NodeTree(profile)
+    tree.take_changes()
+    profile.set_entries(base_entries(active=True, gen=1))
+    tree.sync()
+    profile.set_entries(base_entries(active=True, gen=2))
+    tree.sync()
+    changes = tree.take_changes()
+    assert len(changes.added) == 1 and len(changes.replaced) == 1
+
+
+def test_directory_removal_marks_the_subtree_and_reports_its_top():
+    profile = ManualProfile(base_entries(active=True, gen=1))
+    tree = NodeTree(profile)
+    tree.take_changes()
+    kho = tree.resolve("sys/kernel/kho")
+    dt = tree.resolve("sys/kernel/kho/dt")
+    profile.set_entries([e for e in base_entries() if "/kho/" not in e.path])
+    changes = tree.take_changes()
+    assert kho.removed and dt.removed
+    removed = {c.path: c for c in changes.removed}
+    assert set(removed) == {
+        "sys/kernel/kho",
+        "sys/kernel/kho/active",
+        "sys/kernel/kho/dt",
+        "sys/kernel/kho/scratch_phys",
+    }
+    # Only the top entry sits under a directory that is still live.
+    assert [p for p, c in removed.items() if not c.parent.removed] == ["sys/kernel/kho"]
+
+
+def test_recreated_directory_recreates_its_children():
+    gen = {"boot": 1}
+
+    def entries():
+        return [Entry("sys", lambda: Directory(0o755), gen["boot"]), Entry("sys/a", text())]
+
+    profile = ManualProfile(entries())
+    tree = NodeTree(profile)
+    a = tree.resolve("sys/a")
+    gen["boot"] = 2
+    profile.set_entries(entries())
+    assert tree.resolve("sys/a") is not a and a.removed
+
+
+def test_profile_errors():
+    with pytest.raises(ValueError, match="twice"):
+        NodeTree(ManualProfile([Entry("a", text()), Entry("/a/", text())])).sync()
+    with pytest.raises(ValueError, match="under a file"):
+        NodeTree(ManualProfile([Entry("a", text()), Entry("a/b", text())])).sync()
+    with pytest.raises(ValueError):
+        NodeTree(ManualProfile([Entry("a/../b", text())])).sync()
+    with pytest.raises(TypeError):
+        NodeTree(ManualProfile([Entry("a", lambda: "not a node")])).sync()  # type: ignore[arg-type,return-value]
+
+
+def test_failed_rebuild_changes_nothing():
+    profile = ManualProfile(base_entries())
+    tree = NodeTree(profile)
+    active = tree.resolve("sys/kernel/kho/active")
+    tree.take_changes()
+    profile.set_entries([*base_entries(), Entry("sys/kernel/kho/active/x", text())])
+    with pytest.raises(ValueError):
+        tree.sync()
+    assert not active.removed
+    profile.set_entries(base_entries())
+    assert tree.resolve("sys/kernel/kho/active") is active
+
+
+def test_nodes_are_made_lazily_once():
+    made: list[str] = []
+
+    def maker(name: str):
+        def make() -> Node:
+            made.append(name)
+            return TextAttribute(0o444, lambda: name)
+
+        return make
+
+    profile = ManualProfile([Entry("a", maker("a")), Entry("b", maker("b"))])
+    tree = NodeTree(profile)
+    tree.sync()
+    profile.touch()
+    tree.sync()
+    assert made == ["a", "b"]
