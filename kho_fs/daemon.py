@@ -76,14 +76,13 @@ class MountError(Exception):
 def build_profile(memory: int, nodes: int, cmdline: str | None) -> Profile:
     """Cold-boot a machine and wrap it in the v4 profile.  ValueError on bad config."""
     from kho_fs.model.machine import Machine
+    from kho_fs.tree.profile_v4 import V4Profile
 
-    v4 = importlib.import_module("kho_fs.tree.profile_v4")
     if cmdline is None:
         machine = Machine.create(memory=memory, nodes=nodes)
     else:
         machine = Machine.create(memory=memory, nodes=nodes, cmdline=cmdline)
-    profile: Profile = v4.V4Profile(machine)
-    return profile
+    return V4Profile(machine)
 
 
 def load_profile_factory(spec: str) -> ProfileFactory:
@@ -229,7 +228,10 @@ def mount_command(args: argparse.Namespace) -> int:
         profile = factory(memory=args.memory, nodes=args.nodes, cmdline=args.cmdline)
     except ValueError as exc:
         raise CommandError(f"bad machine configuration: {exc}", EXIT_USAGE) from None
-    pid_path, default_log = state_paths(mountpoint)
+    try:
+        pid_path, default_log = state_paths(mountpoint)
+    except OSError as exc:
+        raise CommandError(f"cannot create the runtime directory: {exc}") from None
     options = {"fsname=" + FSNAME, "subtype=kho-fs", "default_permissions", "auto_unmount"}
     if args.allow_other:
         options.add("allow_other")
@@ -252,7 +254,10 @@ def _start_daemon(
     log_path: Path,
     debug: bool,
 ) -> int:
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        raise CommandError(f"cannot open log file {log_path}: {exc.strerror}", EXIT_USAGE) from None
     ready_r, ready_w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -349,10 +354,10 @@ def serve(
         pyfuse3.init(ops, mountpoint, options)
     except RuntimeError as exc:
         raise MountError(f"{exc} (options: {','.join(sorted(options))})") from None
-    write_pid_file(pid_path, mountpoint)
-    log.info("kho-fs serving %s (pid %d)", mountpoint, os.getpid())
     code = EXIT_OK
     try:
+        write_pid_file(pid_path, mountpoint)
+        log.info("kho-fs serving %s (pid %d)", mountpoint, os.getpid())
         trio.run(_main_loop, on_ready)
     except BaseException:
         log.exception("main loop failed")

@@ -6,7 +6,7 @@ caches honest.  Every request handler goes through :func:`_guarded`: an unexpect
 exception becomes EIO for that one request plus a logged traceback, and the daemon keeps
 serving (pyfuse3 would otherwise let it escape and stop the main loop).
 
-Cache policy (docs/fuse-layer.md):
+Cache policy:
 
 - Positive entries and attributes are cached for :data:`CACHE_TIMEOUT` seconds, so a
   polled ``stat`` is answered by the kernel without a round trip.

@@ -11,7 +11,7 @@ tree drops that instance (the file was removed, or re-created as a new instance)
 is marked ``removed`` and every later read or write through the old handle fails with the
 node's ``removed_errno`` (ENODEV in sysfs, EIO in debugfs).
 
-Decisions (see docs/fuse-layer.md):
+Decisions where the kernel leaves a choice:
 
 - sysfs open check (kernfs ``KERNFS_ROOT_EXTRA_OPEN_PERM_CHECK``): opening for writing
   fails with EACCES when the mode has no write bit or the file has no write handler, and
