@@ -188,7 +188,7 @@ class Operations(pyfuse3.Operations):
     async def _sync(self, *, wait: bool = False) -> None:
         """Catch up with the profile and push what changed to the kernel's caches."""
         changes = self.tree.take_changes()
-        if changes:
+        if changes is not None:
             await self._publish(changes, wait=wait)
 
     async def _publish(self, changes: TreeChanges, *, wait: bool) -> None:

@@ -91,15 +91,15 @@ class EntryChange:
 
 @dataclass
 class TreeChanges:
-    """Changes since the last :meth:`NodeTree.take_changes`; false when nothing changed."""
+    """Entries changed by the rebuilds since the last :meth:`NodeTree.take_changes`.
 
-    version_changed: bool = False
+    Its existence alone means the profile's version changed, so sizes may have changed
+    even when the three lists are empty.
+    """
+
     removed: list[EntryChange] = field(default_factory=list)
     added: list[EntryChange] = field(default_factory=list)
     replaced: list[EntryChange] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return self.version_changed
 
 
 @dataclass
@@ -143,7 +143,7 @@ class NodeTree:
         self._by_ino: dict[int, tuple[str, ...]] = {ROOT_INO: ()}
         self._children: dict[int, list[tuple[str, Node]]] = {ROOT_INO: []}
         self._version: int | None = None
-        self._pending = TreeChanges()
+        self._pending: TreeChanges | None = None
         self.rebuilds = 0
 
     # -- queries (each one first catches up with the profile) --------------------------
@@ -200,10 +200,10 @@ class NodeTree:
             self._rebuild()
             self._version = version
 
-    def take_changes(self) -> TreeChanges:
-        """Catch up with the profile and hand over the changes not yet taken."""
+    def take_changes(self) -> TreeChanges | None:
+        """Catch up with the profile and hand over the changes not yet taken (None if none)."""
         self.sync()
-        changes, self._pending = self._pending, TreeChanges()
+        changes, self._pending = self._pending, None
         return changes
 
     def _rebuild(self) -> None:
@@ -220,7 +220,7 @@ class NodeTree:
 
         old_slots = self._slots
         slots: dict[tuple[str, ...], _Slot] = {(): old_slots[()]}
-        changes = TreeChanges(version_changed=True)
+        changes = TreeChanges()
         # Sorting component tuples puts every directory before its descendants.
         for parts in sorted(wanted):
             wanted_entry = wanted[parts]
@@ -256,11 +256,12 @@ class NodeTree:
                     EntryChange("/".join(parts), old.parent, old.name, old.node, None)
                 )
 
-        pending = self._pending
-        pending.version_changed = True
-        pending.removed += changes.removed
-        pending.added += changes.added
-        pending.replaced += changes.replaced
+        if self._pending is None:
+            self._pending = changes
+        else:
+            self._pending.removed += changes.removed
+            self._pending.added += changes.added
+            self._pending.replaced += changes.replaced
         self._slots = slots
         self._by_ino = {s.node.ino: parts for parts, s in slots.items()}
         children: dict[int, list[tuple[str, Node]]] = {

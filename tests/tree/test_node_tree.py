@@ -106,7 +106,7 @@ def test_appearing_rekeyed_and_removed_nodes():
     dt1 = tree.resolve("sys/kernel/kho/dt")
     assert [(c.path, c.parent, c.new) for c in changes.added] == [("sys/kernel/kho/dt", kho, dt1)]
     assert not changes.removed and not changes.replaced
-    assert not tree.take_changes()  # nothing new since
+    assert tree.take_changes() is None  # nothing new since
 
     handle = dt1.open(os.O_RDONLY, 0)
     profile.set_entries(base_entries(active=True, gen=2))  # same path, new key
@@ -134,6 +134,16 @@ def test_same_key_after_a_removal_seen_by_the_tree_is_a_new_instance():
     tree.sync()
     profile.set_entries(base_entries(active=True, gen=1))
     assert tree.resolve("sys/kernel/kho/dt") is not dt
+
+
+def test_version_change_without_entry_changes_is_still_reported():
+    profile = ManualProfile(base_entries())
+    tree = NodeTree(profile)
+    tree.take_changes()
+    profile.touch()  # e.g. a blob changed size without changing identity
+    changes = tree.take_changes()
+    assert changes is not None
+    assert (changes.added, changes.removed, changes.replaced) == ([], [], [])
 
 
 def test_changes_accumulate_until_taken():
