@@ -13,6 +13,9 @@ instances:
   cost one ``version()`` call.  It may therefore miss intermediate states: a node that is
   removed and re-created between two rebuilds must come back with a different key (a
   generation counter, say), never with the old one.
+- ``make`` usually builds a fresh instance, but may hand back one the profile keeps (a
+  staging file that survives kexec): it keeps its inode.  One instance sits at one path,
+  and an instance the tree has removed may not come back.
 - Directories may be declared (an entry whose ``make`` returns a :class:`Directory`) or
   implied by a deeper path, in which case they are ``Directory(0o755)`` whose identity
   lasts as long as they exist.  The root always exists (mode 0755, inode 1).
@@ -234,8 +237,11 @@ class NodeTree:
                 node = old.node
             else:
                 node = Directory(0o755) if wanted_entry is None else _make(wanted_entry)
-                node.ino = next(self._inos)
                 path = "/".join(parts)
+                if node.removed:
+                    raise ValueError(f"profile re-used the removed node {node!r} at {path!r}")
+                if not node.ino:  # an instance the profile keeps may already have one
+                    node.ino = next(self._inos)
                 if old is None:
                     changes.added.append(EntryChange(path, parent, parts[-1], None, node))
                 else:
@@ -246,6 +252,8 @@ class NodeTree:
             slots[parts] = _Slot(node, key, parent, parts[-1])
 
         live = {id(s.node) for s in slots.values()}
+        if len(live) != len(slots):
+            raise ValueError("profile put one node instance at two paths")
         for parts, old in old_slots.items():
             if id(old.node) in live:
                 continue

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from kho_fs.model.errors import KernelError
-from kho_fs.tree.nodes import BinaryAttribute, Directory, Node, TextAttribute
+from kho_fs.tree.nodes import BinaryAttribute, Directory, Node, StagingFile, TextAttribute
 from kho_fs.tree.tree import ROOT_INO, Entry, ManualProfile, NodeTree
 
 
@@ -192,6 +192,25 @@ def test_recreated_directory_recreates_its_children():
     assert tree.resolve("sys/a") is not a and a.removed
 
 
+def test_instance_kept_by_the_profile_keeps_its_inode():
+    staging = StagingFile(0o600)
+    gen = {"boot": 1}
+
+    def entries():
+        return [
+            Entry("machine", lambda: Directory(0o755), gen["boot"]),
+            Entry("machine/kexec/kernel", lambda: staging),
+        ]
+
+    profile = ManualProfile(entries())
+    tree = NodeTree(profile)
+    ino = tree.resolve("machine/kexec/kernel").ino
+    gen["boot"] = 2  # the parent is re-created; the profile hands back the same file
+    profile.set_entries(entries())
+    assert tree.resolve("machine/kexec/kernel") is staging
+    assert staging.ino == ino and not staging.removed
+
+
 def test_profile_errors():
     with pytest.raises(ValueError, match="twice"):
         NodeTree(ManualProfile([Entry("a", text()), Entry("/a/", text())])).sync()
@@ -199,6 +218,13 @@ def test_profile_errors():
         NodeTree(ManualProfile([Entry("a", text()), Entry("a/b", text())])).sync()
     with pytest.raises(ValueError):
         NodeTree(ManualProfile([Entry("a/../b", text())])).sync()
+    shared = TextAttribute(0o444, lambda: "")
+    with pytest.raises(ValueError, match="two paths"):
+        NodeTree(ManualProfile([Entry("a", lambda: shared), Entry("b", lambda: shared)])).sync()
+    removed = TextAttribute(0o444, lambda: "")
+    removed.removed = True
+    with pytest.raises(ValueError, match="re-used the removed node"):
+        NodeTree(ManualProfile([Entry("a", lambda: removed)])).sync()
     with pytest.raises(TypeError):
         NodeTree(ManualProfile([Entry("a", lambda: "not a node")])).sync()  # type: ignore[arg-type,return-value]
 
