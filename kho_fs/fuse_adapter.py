@@ -34,6 +34,7 @@ import functools
 import itertools
 import logging
 import os
+import reprlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar, cast
 
@@ -73,7 +74,9 @@ def _guarded(handler: _F) -> _F:
         except KernelError as exc:
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception:
-            log.exception("unexpected error in %s%r; answering EIO", handler.__name__, args)
+            log.exception(
+                "unexpected error in %s%s; answering EIO", handler.__name__, reprlib.repr(args)
+            )
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return cast(_F, wrapper)
