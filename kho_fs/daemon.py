@@ -132,12 +132,14 @@ def state_paths(mountpoint: str) -> tuple[Path, Path]:
 
 
 def _start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat: tells a live daemon from a recycled pid."""
+    """Field 22 of /proc/PID/stat (tells a live daemon from a recycled pid); None when the
+    process is gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    return None if fields[0] == "Z" else fields[19]
 
 
 def write_pid_file(path: Path, mountpoint: str) -> None:
@@ -158,6 +160,12 @@ def read_pid_file(mountpoint: str) -> int | None:
     if recorded != mountpoint or _start_time(pid) != started:
         return None
     return pid
+
+
+def remove_stale_pid_file(mountpoint: str) -> None:
+    """Drop the pid file of a daemon that died without cleaning up (SIGKILL)."""
+    if read_pid_file(mountpoint) is None:
+        state_paths(mountpoint)[0].unlink(missing_ok=True)
 
 
 def _unescape_mountinfo(field: str) -> str:

@@ -109,7 +109,7 @@ def mounted(
     FUSE layers with a profile of their own.
     """
     from kho_fs.cli import CommandError
-    from kho_fs.daemon import mount_type, read_pid_file, unmount
+    from kho_fs.daemon import mount_type, read_pid_file, remove_stale_pid_file, unmount
 
     mountpoint = Path(tempfile.mkdtemp(prefix="kho-fs-", dir=directory)).resolve()
     log_path = mountpoint.with_name(mountpoint.name + ".log")
@@ -139,6 +139,7 @@ def mounted(
             _force_unmount(mountpoint, pid)
             if not body_failed:
                 raise MountFailed(f"unmounting {mountpoint} failed: {exc}") from None
+        remove_stale_pid_file(str(mountpoint))
         with suppress(OSError):
             mountpoint.rmdir()
 

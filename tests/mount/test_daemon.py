@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from kho_fs.daemon import state_paths
 from kho_fs.model.errors import KernelError
 from kho_fs.testing import MountedMachine, mounted
 from kho_fs.tree.nodes import (
@@ -292,6 +293,8 @@ def test_killed_daemon_leaves_no_dead_mount(tmp_path):
         while mount_entry(m.mountpoint) is not None:  # auto_unmount
             assert time.monotonic() < deadline, "dead mount left behind"
             time.sleep(0.01)
+    pid_file, _ = state_paths(str(m.mountpoint))
+    assert not pid_file.exists()
 
 
 def test_sigusr1_dumps_stacks_to_the_log(tmp_path):
