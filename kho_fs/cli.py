@@ -146,6 +146,18 @@ def _umount_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mountpoint")
 
 
+@subcommand("kexec", "load or boot the next kernel, like kexec(8)", run="kho_fs.kexec_tool:run")
+def _kexec_arguments(parser: argparse.ArgumentParser) -> None:
+    from kho_fs.kexec_tool import add_arguments
+
+    add_arguments(parser)
+
+
+@subcommand("status", "show the emulated machine's state", run="kho_fs.daemon:status_command")
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mountpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="A FUSE-mounted emulator of Linux Kexec HandOver.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -441,3 +441,15 @@ def umount_command(args: argparse.Namespace) -> int:
     """``kho-fs umount``: see the module docstring."""
     unmount(args.mountpoint)
     return EXIT_OK
+
+
+def status_command(args: argparse.Namespace) -> int:
+    """``kho-fs status``: print the machine summary the mount serves."""
+    if mount_type(args.mountpoint) != "fuse.kho-fs":
+        raise CommandError(f"{args.mountpoint}: not a kho-fs mount", EXIT_MOUNTPOINT)
+    try:
+        text = (Path(args.mountpoint) / "machine" / "status").read_text("latin-1")
+    except OSError as exc:
+        raise CommandError(f"{args.mountpoint}: cannot read status: {exc.strerror}") from exc
+    sys.stdout.write(text)
+    return 0

@@ -20,27 +20,45 @@ EXIT_FAILURE = 255  # kexec-tools returns -1 from main on a failed syscall
 DROP_FROM_REUSED = ("BOOT_IMAGE", "crashkernel")  # what kexec-tools strips on --reuse-cmdline
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="kho-fs kexec",
-        description="Load or execute a new kernel on an emulated machine, like kexec(8).",
-        epilog="The machine is the mountpoint given with --root or in KHO_FS_ROOT.",
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """kexec-tools' options (the subset kho-fs models)."""
+    p.epilog = "The machine is the mountpoint given with --root or in KHO_FS_ROOT."
+    p.add_argument(
+        "image", nargs="?", help="kernel image (any file; see README: kernel segment rule)"
     )
-    p.add_argument("image", nargs="?", help="kernel image (any file; see README: kernel segment rule)")
-    p.add_argument("--root", default=os.environ.get("KHO_FS_ROOT"), help="kho-fs mountpoint (default: $KHO_FS_ROOT)")
+    p.add_argument(
+        "--root",
+        default=os.environ.get("KHO_FS_ROOT"),
+        help="kho-fs mountpoint (default: $KHO_FS_ROOT)",
+    )
     p.add_argument("-l", "--load", metavar="IMAGE", dest="load", help="load IMAGE for a later -e")
-    p.add_argument("-s", "--kexec-file-syscall", action="store_true", help="use kexec_file_load (needed for KHO)")
-    p.add_argument("-c", "--kexec-syscall", action="store_true", help="use kexec_load (the default)")
-    p.add_argument("-a", "--kexec-syscall-auto", action="store_true", help="try kexec_file_load, fall back to kexec_load")
+    p.add_argument(
+        "-s",
+        "--kexec-file-syscall",
+        action="store_true",
+        help="use kexec_file_load (needed for KHO)",
+    )
+    p.add_argument(
+        "-c", "--kexec-syscall", action="store_true", help="use kexec_load (the default)"
+    )
+    p.add_argument(
+        "-a",
+        "--kexec-syscall-auto",
+        action="store_true",
+        help="try kexec_file_load, fall back to kexec_load",
+    )
     p.add_argument("--initrd", "--ramdisk", dest="initrd", metavar="FILE", help="initial ramdisk")
     p.add_argument("--append", metavar="STR", help="append STR to the command line")
     p.add_argument("--command-line", metavar="STR", help="the new kernel's command line")
-    p.add_argument("--reuse-cmdline", action="store_true", help="start from the running kernel's /proc/cmdline")
+    p.add_argument(
+        "--reuse-cmdline", action="store_true", help="start from the running kernel's /proc/cmdline"
+    )
     p.add_argument("-u", "--unload", action="store_true", help="unload the loaded image")
-    p.add_argument("-e", "--exec", action="store_true", dest="exec_", help="boot the loaded image now")
+    p.add_argument(
+        "-e", "--exec", action="store_true", dest="exec_", help="boot the loaded image now"
+    )
     p.add_argument("-p", "--load-panic", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-d", "--debug", action="store_true", help="print what is done")
-    return p
 
 
 class KexecError(Exception):
@@ -110,11 +128,13 @@ def load(args: argparse.Namespace, root: Path, image: str) -> None:
             return
         except OSError as exc:
             if i + 1 == len(syscalls):
-                raise KexecError(f"{syscall} failed: {os.strerror(exc.errno or errno.EIO)}") from exc
+                raise KexecError(
+                    f"{syscall} failed: {os.strerror(exc.errno or errno.EIO)}"
+                ) from exc
 
 
-def run(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``kho-fs kexec``: returns kexec-tools' exit status."""
     if args.load_panic:
         print("kexec: crash kernels (-p) are not modelled by kho-fs", file=sys.stderr)
         return 1
@@ -125,7 +145,9 @@ def run(argv: list[str]) -> int:
             try:
                 _control(root, "unload")
             except OSError as exc:
-                raise KexecError(f"kexec_file_load failed: {os.strerror(exc.errno or errno.EIO)}") from exc
+                raise KexecError(
+                    f"kexec_file_load failed: {os.strerror(exc.errno or errno.EIO)}"
+                ) from exc
             return 0
         if image is not None:
             load(args, root, image)
@@ -140,7 +162,10 @@ def run(argv: list[str]) -> int:
                 raise KexecError(f"kexec failed: {os.strerror(exc.errno or errno.EIO)}") from exc
             return 0
         if image is None:
-            build_parser().print_usage(sys.stderr)
+            print(
+                "kexec: nothing to do: give -l IMAGE, -e or -u (see kho-fs kexec --help)",
+                file=sys.stderr,
+            )
             return 1
     except KexecError as exc:
         print(exc, file=sys.stderr)

@@ -7,9 +7,9 @@ so CI can check that the benchmark still runs; its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -61,8 +61,10 @@ def rss_after_write(memory: int, written: int) -> float:
         "from kho_fs.model.machine import Machine\n"
         f"m = Machine.create({memory}, 1, 'reserve_mem={written}:4096:big kho=on')\n"
         "r = m.region('big'); chunk = b'\\xa5' * (1 << 20)\n"
-        "for off in range(0, r.size, len(chunk)): m.mem.write(r.start + off, chunk[: r.size - off])\n"
-        "k = m.kernel; k.kho.active_store(b'1'); k.kexec.kexec_file_load(b'K' * 65536, None, k.cmdline); m.kexec_exec()\n"
+        "for off in range(0, r.size, len(chunk)):\n"
+        "    m.mem.write(r.start + off, chunk[: r.size - off])\n"
+        "k = m.kernel; k.kho.active_store(b'1')\n"
+        "k.kexec.kexec_file_load(b'K' * 65536, None, k.cmdline); m.kexec_exec()\n"
         "assert m.region('big') == r\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
@@ -98,12 +100,13 @@ def print_table(results: dict[str, object]) -> None:
         for label, s in cycles.items():
             print(f"  {label:10s} {s['min']:8.3f} {s['median']:8.3f} {s['max']:8.3f}")
         labels = list(cycles)
-        for a, b in zip(labels, labels[1:], strict=False):
+        for a, b in itertools.pairwise(labels):
             print(f"  ratio {b} / {a} (median): {cycles[b]['median'] / cycles[a]['median']:.2f}x")
     rss = results.get("rss_mib")
     if isinstance(rss, dict):
         print(
-            f"RSS of a {rss['machine']} machine with {rss['written_mib']} MiB written: {rss['rss']:.0f} MiB "
+            f"RSS of a {rss['machine']} machine with {rss['written_mib']} MiB written: "
+            f"{rss['rss']:.0f} MiB "
             f"(same process with 2 MiB written on 1 GiB: {rss['baseline_empty_python']:.0f} MiB)"
         )
 
@@ -115,9 +118,13 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, dict[str, object]], None]] = {
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the benchmark runs")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: checks that the benchmark runs"
+    )
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
+    p.add_argument(
+        "--only", choices=sorted(SECTIONS), action="append", help="run only these sections"
+    )
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = p.parse_args(argv)
     results: dict[str, object] = {"smoke": args.smoke}

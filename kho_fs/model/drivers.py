@@ -120,7 +120,9 @@ class KhoExampleDriver(KhoDriver):
             return None
         start, old_size = struct.unpack("<QQ", mem)
         if old_size != size or start % PAGE_SIZE:
-            self.kernel.printk(f"{self.name}: preserved buffer does not match, allocating a new one")
+            self.kernel.printk(
+                f"{self.name}: preserved buffer does not match, allocating a new one"
+            )
             return None
         return int(start)
 

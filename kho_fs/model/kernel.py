@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING
 
 from kho_fs.model.cmdline import parameq, parse_args
 from kho_fs.model.dmesg import KernelLog
-from kho_fs.model.kexec import BP_CMD_LINE_PTR, BP_EXT_CMD_LINE_PTR, BP_SETUP_DATA, COMMAND_LINE_SIZE, SETUP_KEXEC_KHO, Kexec
+from kho_fs.model.kexec import (
+    BP_CMD_LINE_PTR,
+    BP_EXT_CMD_LINE_PTR,
+    BP_SETUP_DATA,
+    COMMAND_LINE_SIZE,
+    SETUP_KEXEC_KHO,
+    Kexec,
+)
 from kho_fs.model.kho import Kho
 from kho_fs.model.memblock import Memblock
 from kho_fs.model.reserve_mem import ReserveMem, ReserveMemKhoParticipant
@@ -83,7 +90,11 @@ class Kernel:
     def early_alloc(self, size: int, align: int, nid: int | None = None) -> int:
         """An allocation the kernel cannot boot without (page tables, memory map)."""
         mb = self.memblock
-        addr = mb.memblock_phys_alloc(size, align) if nid is None else mb.memblock_phys_alloc_try_nid(size, align, nid)
+        addr = (
+            mb.memblock_phys_alloc(size, align)
+            if nid is None
+            else mb.memblock_phys_alloc_try_nid(size, align, nid)
+        )
         if not addr:
             if mb.kho_scratch_only:
                 raise BootFailed("kho-fs: early allocation failed in scratch-only mode")
@@ -104,7 +115,9 @@ class Kernel:
         kho_args = None
         if boot.boot_params is not None:
             self.cmdline = self._read_cmdline(boot.boot_params)
-        self.printk(f"Linux version {UTS_RELEASE} (kho-fs) #{self.generation + 1} SMP PREEMPT_DYNAMIC")
+        self.printk(
+            f"Linux version {UTS_RELEASE} (kho-fs) #{self.generation + 1} SMP PREEMPT_DYNAMIC"
+        )
         self.printk(f"Command line: {self.cmdline}")
         args = parse_args(self.cmdline)
         # setup_arch: early_reserve_memory (v4 patch 11: RSRV_KERN for image, initrd, setup_data)
@@ -115,11 +128,11 @@ class Kernel:
             kho_args = self._parse_setup_data(boot.boot_params)
         if kho_args is not None:
             self.kho.kho_populate(*kho_args)
-        # parse_early_param
+        # parse_early_param: a handler returning False makes do_early_param complain
+        early = {"kho": self.kho.kho_parse_enable, "kho_scratch": self.kho.kho_parse_scratch_size}
         for param, value in args:
-            if parameq(param, "kho") and not self.kho.kho_parse_enable(value):
-                self.printk(f"Malformed early option '{param}'")
-            elif parameq(param, "kho_scratch") and not self.kho.kho_parse_scratch_size(value):
+            handler = next((h for name, h in early.items() if parameq(param, name)), None)
+            if handler is not None and not handler(value):
                 self.printk(f"Malformed early option '{param}'")
         # e820__memblock_setup and the first MiB
         for r in self.mem.ram:
@@ -152,9 +165,10 @@ class Kernel:
         self.kho.kho_init()
 
     def _read_cmdline(self, boot_params: int) -> str:
-        lo, hi = struct.unpack("<I", self.mem.read(boot_params + BP_CMD_LINE_PTR, 4))[0], struct.unpack(
-            "<I", self.mem.read(boot_params + BP_EXT_CMD_LINE_PTR, 4)
-        )[0]
+        lo, hi = (
+            struct.unpack("<I", self.mem.read(boot_params + BP_CMD_LINE_PTR, 4))[0],
+            struct.unpack("<I", self.mem.read(boot_params + BP_EXT_CMD_LINE_PTR, 4))[0],
+        )
         raw = self.mem.read(lo | (hi << 32), COMMAND_LINE_SIZE)
         return raw.split(b"\0", 1)[0].decode("latin-1")
 
@@ -168,7 +182,9 @@ class Kernel:
             nxt, type_, length = struct.unpack("<QII", self.mem.read(addr, 16))
             self.memblock.memblock_reserve_kern(addr, 16 + length)
             if type_ == SETUP_KEXEC_KHO and length >= 32:
-                dt_addr, _dt_size, scratch_addr, scratch_size = struct.unpack("<QQQQ", self.mem.read(addr + 16, 32))
+                dt_addr, _dt_size, scratch_addr, scratch_size = struct.unpack(
+                    "<QQQQ", self.mem.read(addr + 16, 32)
+                )
                 found = (dt_addr, scratch_addr, scratch_size)
             addr = nxt
         return found

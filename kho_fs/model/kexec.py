@@ -159,7 +159,9 @@ class Kexec:
         return self.kernel.mem
 
     # -- placement -----------------------------------------------------------------------
-    def kexec_add_buffer(self, kbuf: KexecBuf, placed: list[KexecBuf], scratch: list[KhoMem] | None) -> None:
+    def kexec_add_buffer(
+        self, kbuf: KexecBuf, placed: list[KexecBuf], scratch: list[KhoMem] | None
+    ) -> None:
         """Place one segment: inside scratch areas (table order) while KHO is active,
         else in System RAM. EADDRNOTAVAIL when nothing fits."""
         kbuf.memsz = round_up(kbuf.memsz, PAGE_SIZE)
@@ -177,12 +179,14 @@ class Kexec:
         placed.append(kbuf)
 
     # -- loading -------------------------------------------------------------------------
-    def kexec_file_load(self, kernel_image: bytes, initrd: bytes | None, cmdline: str, flags: int = 0) -> None:
+    def kexec_file_load(
+        self, kernel_image: bytes, initrd: bytes | None, cmdline: str, flags: int = 0
+    ) -> None:
         """The ``kexec_file_load`` syscall; a failure leaves the loaded image in place."""
         if flags & ~KEXEC_FILE_FLAGS:
             raise KernelError(errno.EINVAL, "unknown flags")
         if flags & KEXEC_FILE_UNLOAD:
-            self.kexec_image = None
+            self.kexec_unload()
             return
         if flags & KEXEC_FILE_ON_CRASH:
             raise KernelError(errno.EOPNOTSUPP, "crash images are not modelled")
@@ -226,7 +230,9 @@ class Kexec:
 
     def _check_cmdline(self, cmdline: str) -> None:
         if len(cmdline) + 1 > COMMAND_LINE_SIZE:
-            raise KernelError(errno.EINVAL, f"command line longer than {COMMAND_LINE_SIZE - 1} bytes")
+            raise KernelError(
+                errno.EINVAL, f"command line longer than {COMMAND_LINE_SIZE - 1} bytes"
+            )
         if "\0" in cmdline:
             raise KernelError(errno.EINVAL, "NUL byte in the command line")
 
@@ -243,7 +249,9 @@ class Kexec:
         floor: int = 0,
     ) -> None:
         """bzImage64_load: purgatory, boot parameters, kernel, initrd, in that order."""
-        purgatory = KexecBuf("purgatory", PURGATORY_TEXT, PURGATORY_SIZE, SZ_4K, floor, top_down=top_down)
+        purgatory = KexecBuf(
+            "purgatory", PURGATORY_TEXT, PURGATORY_SIZE, SZ_4K, floor, top_down=top_down
+        )
         params = KexecBuf("boot_params", b"", BOOT_PARAMS_SIZE, SZ_4K, floor, top_down=top_down)
         kernel = KexecBuf("kernel", body, memsz, SZ_2M, max(floor, SZ_1M), top_down=top_down)
         bufs = [purgatory, params, kernel]

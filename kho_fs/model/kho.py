@@ -13,7 +13,13 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kho_fs.model.cmdline import ScratchSizing, kho_parse_enable, kho_parse_scratch_size, kstrtobool, kstrtoull
+from kho_fs.model.cmdline import (
+    ScratchSizing,
+    kho_parse_enable,
+    kho_parse_scratch_size,
+    kstrtobool,
+    kstrtoull,
+)
 from kho_fs.model.errors import KernelError
 from kho_fs.model.fdt import FDT_MAGIC, Fdt, FdtSw, fdt_check_header, fdt_header_totalsize
 from kho_fs.model.memblock import MEMBLOCK_ALLOC_ACCESSIBLE, NUMA_NO_NODE
@@ -291,4 +297,3 @@ class Kho:
     def kho_scratch_ranges(self) -> list[KhoMem] | None:
         """Where kexec may place segments: the scratch areas while active, else None."""
         return list(self.scratch) if self.active else None
-

@@ -65,7 +65,9 @@ class Machine:
         return kernel
 
     def _cold_boot(self) -> Kernel:
-        return self._start(BootInfo(image=(COLD_KERNEL_BASE, COLD_KERNEL_SIZE), cmdline=self.cold_cmdline))
+        return self._start(
+            BootInfo(image=(COLD_KERNEL_BASE, COLD_KERNEL_SIZE), cmdline=self.cold_cmdline)
+        )
 
     def kexec_exec(self) -> Kernel:
         """``kexec -e``: copy the loaded segments into RAM and boot the next kernel.
@@ -77,7 +79,11 @@ class Machine:
         self.kernel.kexec.machine_kexec(image)
         assert image.boot_params is not None and image.kernel is not None
         initrd = (image.initrd.mem, image.initrd.memsz) if image.initrd is not None else None
-        boot = BootInfo(image=(image.kernel.mem, image.kernel.memsz), initrd=initrd, boot_params=image.boot_params.mem)
+        boot = BootInfo(
+            image=(image.kernel.mem, image.kernel.memsz),
+            initrd=initrd,
+            boot_params=image.boot_params.mem,
+        )
         self.generation += 1
         self.kernel = self._start(boot)
         return self.kernel
@@ -129,5 +135,8 @@ class Machine:
         for r in k.reserve_mem.table:
             lines.append(f"reserve_mem: {r.name:15s} {r.start:#x} + {r.size:#x}")
         loaded = k.kexec.kexec_image
-        lines.append(f"kexec:       {'loaded' + (' with KHO data' if loaded and loaded.kho_fdt else '') if loaded else 'nothing loaded'}")
+        if loaded is None:
+            lines.append("kexec:       nothing loaded")
+        else:
+            lines.append(f"kexec:       loaded{' with KHO data' if loaded.kho_fdt else ''}")
         return "\n".join(lines) + "\n"

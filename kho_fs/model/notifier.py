@@ -42,7 +42,12 @@ class BlockingNotifierHead:
     def unregister(self, nb: NotifierBlock) -> None:
         self.chain.remove(nb)
 
-    def call_chain(self, event: int, data: Any, on_error: Callable[[NotifierBlock, BaseException], int] | None = None) -> int:
+    def call_chain(
+        self,
+        event: int,
+        data: Any,
+        on_error: Callable[[NotifierBlock, BaseException], int] | None = None,
+    ) -> int:
         ret = NOTIFY_DONE
         for nb in list(self.chain):
             try:

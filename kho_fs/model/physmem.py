@@ -125,7 +125,9 @@ class PhysicalMemory:
         if not self.is_ram(addr, n):
             raise KernelError(errno.EFAULT, f"[{addr:#x}, {addr + n:#x}) is not RAM")
         self._store[addr : addr + n] = data
-        self._dirty.update(range(addr >> DIRTY_CHUNK_SHIFT, ((addr + n - 1) >> DIRTY_CHUNK_SHIFT) + 1))
+        self._dirty.update(
+            range(addr >> DIRTY_CHUNK_SHIFT, ((addr + n - 1) >> DIRTY_CHUNK_SHIFT) + 1)
+        )
 
     def zero(self, addr: int, size: int) -> None:
         """Zero ``[addr, addr + size)`` inside RAM; whole pages go back to the host."""
@@ -155,4 +157,3 @@ class PhysicalMemory:
 
     def close(self) -> None:
         self._store.close()
-

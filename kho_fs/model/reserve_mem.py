@@ -85,10 +85,14 @@ class ReserveMem:
                 continue
             start, old_size = struct.unpack("<QQ", mem)
             if start & (align - 1):  # the kernel's IS_ALIGNED, literal for odd aligns too
-                printk(f"KHO reserved_mem '{name}' has wrong alignment ({hex_(align)}, {hex_(start)})")
+                printk(
+                    f"KHO reserved_mem '{name}' has wrong alignment ({hex_(align)}, {hex_(start)})"
+                )
                 continue
             if old_size != size:
-                printk(f"KHO reserved_mem '{name}' has wrong size ({hex_(old_size)} != {hex_(size)})")
+                printk(
+                    f"KHO reserved_mem '{name}' has wrong size ({hex_(old_size)} != {hex_(size)})"
+                )
                 continue
             self.table.append(ReserveMemRegion(name, start, size))
             printk(f"Revived memory reservation '{name}' from KHO")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterator
+from functools import partial
 
 from kho_fs.model.cmdline import kstrtoull
 from kho_fs.model.errors import KernelError
@@ -25,6 +26,7 @@ from kho_fs.tree.nodes import (
     DebugfsSeqFile,
     Directory,
     Node,
+    OpenFile,
     RegionFile,
     StagingFile,
     TextAttribute,
@@ -41,11 +43,16 @@ class ProcFile(DebugfsSeqFile):
 
     removed_errno = errno.EIO
 
-    def write(self, handle: object, offset: int, data: bytes) -> int:  # type: ignore[override]
+    def write(self, handle: OpenFile, offset: int, data: bytes) -> int:
         raise KernelError(errno.EIO, "no write handler")
 
 
-def _window(mem_read: Callable[[int, int], bytes], mem_write: Callable[[int, bytes], None], start: int, size: int) -> RegionFile:
+def _window(
+    mem_read: Callable[[int, int], bytes],
+    mem_write: Callable[[int, bytes], None],
+    start: int,
+    size: int,
+) -> RegionFile:
     """A 0600 file over ``[start, start + size)`` of physical memory."""
 
     def write(offset: int, data: bytes) -> int:
@@ -89,36 +96,66 @@ class V4Profile:
 
         if kho.sysfs:
             yield entry("sys/kernel/kho", lambda: Directory(0o755))
-            yield entry("sys/kernel/kho/active", lambda: TextAttribute(0o600, kho.active_show, kho.active_store))
-            yield entry("sys/kernel/kho/dt_max", lambda: TextAttribute(0o600, kho.dt_max_show, kho.dt_max_store))
-            yield entry("sys/kernel/kho/scratch_phys", lambda: TextAttribute(0o400, kho.scratch_phys_show))
-            yield entry("sys/kernel/kho/scratch_len", lambda: TextAttribute(0o400, kho.scratch_len_show))
+            yield entry(
+                "sys/kernel/kho/active",
+                lambda: TextAttribute(0o600, kho.active_show, kho.active_store),
+            )
+            yield entry(
+                "sys/kernel/kho/dt_max",
+                lambda: TextAttribute(0o600, kho.dt_max_show, kho.dt_max_store),
+            )
+            yield entry(
+                "sys/kernel/kho/scratch_phys", lambda: TextAttribute(0o400, kho.scratch_phys_show)
+            )
+            yield entry(
+                "sys/kernel/kho/scratch_len", lambda: TextAttribute(0o400, kho.scratch_len_show)
+            )
             fdt = kho.fdt
             if fdt is not None:
-                yield entry("sys/kernel/kho/dt", lambda: BinaryAttribute(0o400, lambda: fdt), kho.fdt_serial)
+                yield entry(
+                    "sys/kernel/kho/dt", lambda: BinaryAttribute(0o400, lambda: fdt), kho.fdt_serial
+                )
             dt_fw = kho.dt_fw
             if dt_fw is not None:
                 yield entry("sys/firmware/kho", lambda: Directory(0o755))
                 yield entry("sys/firmware/kho/dt_fw", lambda: BinaryAttribute(0o444, lambda: dt_fw))
-        yield entry("sys/kernel/kexec_loaded", lambda: TextAttribute(0o444, k.kexec.kexec_loaded_show))
+        yield entry(
+            "sys/kernel/kexec_loaded", lambda: TextAttribute(0o444, k.kexec.kexec_loaded_show)
+        )
         yield entry("sys/kernel/debug", lambda: Directory(0o700))
         mb = k.memblock
-        yield entry("sys/kernel/debug/memblock/memory", lambda: DebugfsSeqFile(0o444, lambda: memblock_debug_show(mb.memory)))
-        yield entry("sys/kernel/debug/memblock/reserved", lambda: DebugfsSeqFile(0o444, lambda: memblock_debug_show(mb.reserved)))
+        yield entry(
+            "sys/kernel/debug/memblock/memory",
+            lambda: DebugfsSeqFile(0o444, lambda: memblock_debug_show(mb.memory)),
+        )
+        yield entry(
+            "sys/kernel/debug/memblock/reserved",
+            lambda: DebugfsSeqFile(0o444, lambda: memblock_debug_show(mb.reserved)),
+        )
         yield entry("proc/cmdline", lambda: ProcFile(0o444, lambda: k.cmdline + "\n"))
-        yield entry("dev/mem", lambda: RegionFile(0o600, lambda: mem.end, mem.read, _dev_mem_write(mem.write)))
-        for r in k.reserve_mem.table:
-            yield entry(f"machine/reserve_mem/{r.name}", lambda r=r: _window(mem.read, mem.write, r.start, r.size), (r.start, r.size))
-        for driver in k.drivers:
-            for region in driver.regions():
-                path = f"machine/drivers/{driver.name}/{region.name}"
-                yield entry(path, lambda r=region: _window(mem.read, mem.write, r.start, r.size), (r.start, r.size))
+        yield entry(
+            "dev/mem",
+            lambda: RegionFile(0o600, lambda: mem.end, mem.read, _dev_mem_write(mem.write)),
+        )
+        windows = [(f"machine/reserve_mem/{r.name}", r.start, r.size) for r in k.reserve_mem.table]
+        windows += [
+            (f"machine/drivers/{d.name}/{r.name}", r.start, r.size)
+            for d in k.drivers
+            for r in d.regions()
+        ]
+        for path, start, size in windows:
+            yield entry(path, partial(_window, mem.read, mem.write, start, size), (start, size))
 
     def _machine_entries(self, k: Kernel, boot: int) -> Iterator[Entry]:
         m = self.machine
-        yield Entry("machine/dmesg", lambda: DebugfsSeqFile(0o444, lambda: m.kernel.log.render()), boot)
+        yield Entry(
+            "machine/dmesg", lambda: DebugfsSeqFile(0o444, lambda: m.kernel.log.render()), boot
+        )
         yield Entry("machine/status", lambda: DebugfsSeqFile(0o444, m.status))
-        yield Entry("machine/cmdline", lambda: ControlFile(0o600, self._set_cold_cmdline, lambda: m.cold_cmdline + "\n"))
+        yield Entry(
+            "machine/cmdline",
+            lambda: ControlFile(0o600, self._set_cold_cmdline, lambda: m.cold_cmdline + "\n"),
+        )
         yield Entry("machine/reboot", lambda: ControlFile(0o200, self._reboot))
         yield Entry("machine/kexec/kernel", lambda: self.kexec_kernel)
         yield Entry("machine/kexec/initrd", lambda: self.kexec_initrd)
