@@ -5,7 +5,12 @@ arguments, plus the ``"module:function"`` that runs the command.  That module is
 only when its command runs, so ``kho-fs --help`` stays fast.  To add a command (for
 example ``kexec`` or ``status``)::
 
-    @subcommand("status", "show the emulated machine's state", run="kho_fs.status:run")
+    @subcommand("save", "save a --state machine now (atomically)", run="kho_fs.daemon:save_command")
+def _save_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mountpoint")
+
+
+@subcommand("status", "show the emulated machine's state", run="kho_fs.status:run")
     def _status_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("mountpoint")
 
@@ -110,12 +115,12 @@ def _mount_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--memory",
         type=parse_size,
-        default="16G",
+        default=None,
         metavar="SIZE",
         help="RAM size, kernel memparse syntax (default: 16G)",
     )
     parser.add_argument(
-        "--nodes", type=parse_count, default=1, metavar="N", help="NUMA nodes (default: 1)"
+        "--nodes", type=parse_count, default=None, metavar="N", help="NUMA nodes (default: 1)"
     )
     parser.add_argument(
         "--cmdline",
@@ -136,6 +141,18 @@ def _mount_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="daemon log file (default: <runtime dir>/<mountpoint hash>.log)",
     )
+    parser.add_argument(
+        "--state",
+        metavar="FILE",
+        default=None,
+        help="restore the machine saved in FILE and save it there on unmount and on "
+        "`kho-fs save` (without --memory/--nodes/--cmdline)",
+    )
+    parser.add_argument(
+        "--create",
+        action="store_true",
+        help="with --state: start a fresh machine when FILE does not exist yet",
+    )
     # Hidden, for tests: serve another profile, "module:callable" or "file.py:callable",
     # called as callable(memory=..., nodes=..., cmdline=...).
     parser.add_argument("--profile", default=None, help=argparse.SUPPRESS)
@@ -151,6 +168,11 @@ def _kexec_arguments(parser: argparse.ArgumentParser) -> None:
     from kho_fs.kexec_tool import add_arguments
 
     add_arguments(parser)
+
+
+@subcommand("save", "save a --state machine now (atomically)", run="kho_fs.daemon:save_command")
+def _save_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mountpoint")
 
 
 @subcommand("status", "show the emulated machine's state", run="kho_fs.daemon:status_command")

@@ -73,16 +73,49 @@ class MountError(Exception):
 # -- the machine behind the mount ----------------------------------------------------
 
 
-def build_profile(memory: int, nodes: int, cmdline: str | None) -> Profile:
-    """Cold-boot a machine and wrap it in the v4 profile.  ValueError on bad config."""
-    from kho_fs.model.machine import Machine
+DEFAULT_MEMORY = 16 << 30
+
+
+def build_profile(
+    memory: int | None,
+    nodes: int | None,
+    cmdline: str | None,
+    state: str | None = None,
+    create: bool = False,
+) -> Profile:
+    """Cold-boot (or restore) a machine and wrap it in the v4 profile.
+
+    ValueError on a bad configuration; CommandError for state-file problems.
+    """
+    from kho_fs.model.machine import DEFAULT_CMDLINE, Machine
+    from kho_fs.state import StateError, load_machine
     from kho_fs.tree.profile_v4 import V4Profile
 
-    if cmdline is None:
-        machine = Machine.create(memory=memory, nodes=nodes)
-    else:
-        machine = Machine.create(memory=memory, nodes=nodes, cmdline=cmdline)
-    return V4Profile(machine)
+    state_path = Path(state).resolve() if state else None
+    if state_path is not None and state_path.exists():
+        if memory is not None or nodes is not None or cmdline is not None:
+            raise CommandError(
+                f"{state}: the state file already describes the machine; "
+                "drop --memory/--nodes/--cmdline (or remove the file)",
+                EXIT_USAGE,
+            )
+        try:
+            return V4Profile(load_machine(state_path), state_path=state_path)
+        except StateError as exc:
+            raise CommandError(f"cannot restore {state}: {exc}") from None
+    if state_path is not None and not create:
+        raise CommandError(
+            f"{state}: no such state file (add --create to start a fresh machine there)",
+            EXIT_USAGE,
+        )
+    if create and state_path is None:
+        raise CommandError("--create goes with --state FILE", EXIT_USAGE)
+    machine = Machine.create(
+        memory=memory or DEFAULT_MEMORY,
+        nodes=nodes or 1,
+        cmdline=DEFAULT_CMDLINE if cmdline is None else cmdline,
+    )
+    return V4Profile(machine, state_path=state_path)
 
 
 def load_profile_factory(spec: str) -> ProfileFactory:
@@ -231,9 +264,16 @@ def mount_command(args: argparse.Namespace) -> int:
     """``kho-fs mount``: see the module docstring."""
     mountpoint = check_mountpoint(args.mountpoint)
     check_fuse()
-    factory = load_profile_factory(args.profile) if args.profile else build_profile
     try:
-        profile = factory(memory=args.memory, nodes=args.nodes, cmdline=args.cmdline)
+        if args.profile:
+            factory = load_profile_factory(args.profile)
+            profile = factory(
+                memory=args.memory or DEFAULT_MEMORY, nodes=args.nodes or 1, cmdline=args.cmdline
+            )
+        else:
+            profile = build_profile(
+                args.memory, args.nodes, args.cmdline, state=args.state, create=args.create
+            )
     except ValueError as exc:
         raise CommandError(f"bad machine configuration: {exc}", EXIT_USAGE) from None
     try:
@@ -372,9 +412,24 @@ def serve(
         code = EXIT_FAILURE
     finally:
         pyfuse3.close(unmount=True)
-        pid_path.unlink(missing_ok=True)
         log.info("kho-fs unmounted %s", mountpoint)
+        if not _shutdown_profile(profile):
+            code = EXIT_FAILURE
+        pid_path.unlink(missing_ok=True)
     return code
+
+
+def _shutdown_profile(profile: Profile) -> bool:
+    """Let the profile finish (e.g. save its state file); False when that failed."""
+    shutdown = getattr(profile, "shutdown", None)
+    if shutdown is None:
+        return True
+    try:
+        shutdown()
+    except Exception:
+        log.exception("saving the machine on unmount failed")
+        return False
+    return True
 
 
 async def _main_loop(on_ready: Callable[[], None]) -> None:
@@ -445,7 +500,7 @@ def umount_command(args: argparse.Namespace) -> int:
 
 def status_command(args: argparse.Namespace) -> int:
     """``kho-fs status``: print the machine summary the mount serves."""
-    if mount_type(args.mountpoint) != "fuse.kho-fs":
+    if mount_type(args.mountpoint) != FSTYPE:
         raise CommandError(f"{args.mountpoint}: not a kho-fs mount", EXIT_MOUNTPOINT)
     try:
         text = (Path(args.mountpoint) / "machine" / "status").read_text("latin-1")
@@ -453,3 +508,21 @@ def status_command(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.mountpoint}: cannot read status: {exc.strerror}") from exc
     sys.stdout.write(text)
     return 0
+
+
+def save_command(args: argparse.Namespace) -> int:
+    """``kho-fs save``: ask the daemon to write its state file now."""
+    if mount_type(args.mountpoint) != FSTYPE:
+        raise CommandError(f"{args.mountpoint}: not a kho-fs mount", EXIT_MOUNTPOINT)
+    control = Path(args.mountpoint) / "machine" / "save"
+    if not control.exists():
+        raise CommandError(f"{args.mountpoint} was mounted without --state: nothing to save to")
+    try:
+        fd = os.open(control, os.O_WRONLY)
+        try:
+            os.write(fd, b"1\n")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise CommandError(f"saving failed: {exc.strerror} (see the daemon log)") from None
+    return EXIT_OK

@@ -71,15 +71,19 @@ class MountedMachine:
 def _mount_command(
     mountpoint: Path,
     log_path: Path,
-    memory: str,
-    nodes: int,
+    memory: str | None,
+    nodes: int | None,
     cmdline: str | None,
     allow_other: bool,
     profile: str | None,
     extra_args: Sequence[str],
 ) -> list[str]:
     command = [sys.executable, "-m", "kho_fs", "mount", str(mountpoint)]
-    command += ["--memory", memory, "--nodes", str(nodes), "--log", str(log_path)]
+    command += ["--log", str(log_path)]
+    if memory is not None:
+        command += ["--memory", memory]
+    if nodes is not None:
+        command += ["--nodes", str(nodes)]
     if cmdline is not None:
         command += ["--cmdline", cmdline]
     if allow_other:
@@ -94,8 +98,8 @@ def _mount_command(
 def mounted(
     directory: str | os.PathLike[str],
     *,
-    memory: str = "16G",
-    nodes: int = 1,
+    memory: str | None = "16G",
+    nodes: int | None = 1,
     cmdline: str | None = None,
     allow_other: bool = False,
     profile: str | None = None,
@@ -104,7 +108,9 @@ def mounted(
 ) -> Iterator[MountedMachine]:
     """Mount a machine on a new directory inside ``directory`` for the ``with`` block.
 
-    ``cmdline=None`` boots the model's default command line.  ``profile`` is the hidden
+    ``cmdline=None`` boots the model's default command line; ``memory=None`` and
+    ``nodes=None`` leave those options out (to restore a ``--state`` file).  ``profile`` is
+    the hidden
     ``--profile`` option (``module:callable`` or ``file.py:callable``) for tests of the
     FUSE layers with a profile of their own.
     """

@@ -34,6 +34,12 @@ class KernelLog:
         for line in text.split("\n") or [""]:
             self.records.append(LogRecord(usec, line))
 
+    def resume(self) -> None:
+        """Continue a restored log: new records follow the last restored timestamp."""
+        if self.records:
+            self._last = self.records[-1].usec
+            self._t0 = self._clock() - self._last / 1_000_000
+
     def lines(self) -> list[str]:
         return [r.text for r in self.records]
 

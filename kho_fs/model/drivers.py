@@ -71,6 +71,13 @@ class KhoDriver:
     def regions(self) -> list[DriverRegion]:
         return []
 
+    def get_state(self) -> dict[str, Any]:
+        """JSON-able state for ``kho-fs mount --state`` (the machine's RAM is saved anyway)."""
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned, instead of booting."""
+
 
 class KhoExampleDriver(KhoDriver):
     """Preserves one driver-allocated buffer across kexec through a ``mem`` property.
@@ -137,6 +144,14 @@ class KhoExampleDriver(KhoDriver):
 
     def regions(self) -> list[DriverRegion]:
         return [self.buffer] if self.buffer is not None else []
+
+    def get_state(self) -> dict[str, Any]:
+        b = self.buffer
+        return {"buffer": None if b is None else [b.start, b.size]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        b = state.get("buffer")
+        self.buffer = None if b is None else DriverRegion("buffer", int(b[0]), int(b[1]))
 
 
 BUILTIN_DRIVERS: dict[str, Callable[[Kernel], KhoDriver]] = {

@@ -12,8 +12,10 @@ Emulator-only files live under ``machine/`` and nowhere else.
 from __future__ import annotations
 
 import errno
+import logging
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 
 from kho_fs.model.cmdline import kstrtoull
 from kho_fs.model.errors import KernelError
@@ -32,6 +34,8 @@ from kho_fs.tree.nodes import (
     TextAttribute,
 )
 from kho_fs.tree.tree import Entry
+
+log = logging.getLogger(__name__)
 
 KEXEC_STAGING_MAX = 1 << 30  # largest kernel or initrd the control files accept
 KEXEC_COMMANDS = ("kexec_file_load", "kexec_load", "unload", "exec")
@@ -65,8 +69,9 @@ def _window(
 class V4Profile:
     """Paths of the v4 series (spec section 3.1) plus the emulator's ``machine/`` files."""
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: Machine, state_path: Path | None = None) -> None:
         self.machine = machine
+        self.state_path = state_path
         # Staging files belong to user space (what kexec-tools would read), so they
         # survive kexec; the kernel never sees them until a load command.
         self.kexec_kernel = StagingFile(0o600, KEXEC_STAGING_MAX)
@@ -161,6 +166,27 @@ class V4Profile:
         yield Entry("machine/kexec/initrd", lambda: self.kexec_initrd)
         yield Entry("machine/kexec/cmdline", lambda: self.kexec_cmdline)
         yield Entry("machine/kexec/control", lambda: ControlFile(0o200, self._kexec_control))
+        if self.state_path is not None:
+            yield Entry("machine/save", lambda: ControlFile(0o200, lambda _buf: self.save()))
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self) -> None:
+        """Write the state file now (``machine/save``, ``kho-fs save``)."""
+        from kho_fs.state import save_machine
+
+        if self.state_path is None:
+            raise KernelError(errno.ENOENT, "mounted without --state")
+        try:
+            save_machine(self.machine, self.state_path)
+        except OSError as exc:
+            log.error("saving %s failed: %s", self.state_path, exc)
+            raise KernelError(exc.errno or errno.EIO, str(exc)) from exc
+        log.info("machine saved to %s", self.state_path)
+
+    def shutdown(self) -> None:
+        """Called once the mount is gone: save the machine if it has a state file."""
+        if self.state_path is not None:
+            self.save()
 
     # -- emulator controls ----------------------------------------------------------------
     def _set_cold_cmdline(self, buf: bytes) -> None:
