@@ -91,6 +91,8 @@ def build_profile(
     from kho_fs.state import StateError, load_machine
     from kho_fs.tree.profile_v4 import V4Profile
 
+    if cmdline is not None:  # the model's text stands for the bytes the shell passed
+        cmdline = os.fsencode(cmdline).decode("latin-1")
     state_path = Path(state).resolve() if state else None
     if state_path is not None and state_path.exists():
         if memory is not None or nodes is not None or cmdline is not None:

@@ -90,16 +90,20 @@ def _stage(src: str | None, dst: Path) -> None:
                 out.write(chunk)
 
 
-def _cmdline(args: argparse.Namespace, root: Path) -> str:
-    parts: list[str] = []
+def _cmdline(args: argparse.Namespace, root: Path) -> bytes:
+    """The new command line as bytes: arguments keep the bytes the shell passed."""
+    parts: list[bytes] = []
     if args.reuse_cmdline:
-        reused = (root / "proc" / "cmdline").read_text("latin-1").strip()
-        parts += [w for w in reused.split() if w.split("=", 1)[0] not in DROP_FROM_REUSED]
-    if args.command_line is not None:
-        parts.append(args.command_line)
-    if args.append is not None:
-        parts.append(args.append)
-    return " ".join(p for p in parts if p)
+        reused = (root / "proc" / "cmdline").read_bytes().strip()
+        parts += [
+            w
+            for w in reused.split()
+            if w.split(b"=", 1)[0].decode("latin-1") not in DROP_FROM_REUSED
+        ]
+    for extra in (args.command_line, args.append):
+        if extra is not None:
+            parts.append(os.fsencode(extra))
+    return b" ".join(p for p in parts if p)
 
 
 def _control(root: Path, command: str) -> None:
@@ -118,7 +122,7 @@ def load(args: argparse.Namespace, root: Path, image: str) -> None:
     kexec_dir = root / "machine" / "kexec"
     _stage(image, kexec_dir / "kernel")
     _stage(args.initrd, kexec_dir / "initrd")
-    (kexec_dir / "cmdline").write_bytes(_cmdline(args, root).encode("latin-1"))
+    (kexec_dir / "cmdline").write_bytes(_cmdline(args, root))
     syscalls = ["kexec_file_load"] if args.kexec_file_syscall else ["kexec_load"]
     if args.kexec_syscall_auto:
         syscalls = ["kexec_file_load", "kexec_load"]

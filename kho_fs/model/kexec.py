@@ -235,6 +235,9 @@ class Kexec:
             )
         if "\0" in cmdline:
             raise KernelError(errno.EINVAL, "NUL byte in the command line")
+        if not all(ord(c) < 256 for c in cmdline):
+            # The model's text stands for bytes (latin-1); anything else cannot be a byte.
+            raise KernelError(errno.EINVAL, "command line characters must be bytes (latin-1)")
 
     def _x86_load(
         self,

@@ -51,6 +51,8 @@ class Machine:
             raise ValueError("the command line must not contain NUL bytes")
         if len(cmdline) >= 2048:
             raise ValueError("the command line must be shorter than 2048 bytes")
+        if not all(ord(c) < 256 for c in cmdline):
+            raise ValueError("the command line must consist of bytes (latin-1 characters)")
         return cls(PhysicalMemory(memory, nodes), cmdline, drivers)
 
     # -- lifecycle -----------------------------------------------------------------------

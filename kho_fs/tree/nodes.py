@@ -188,7 +188,8 @@ class _SnapshotFile(File):
     def _render(self) -> bytes:
         if self._show is None:
             raise KernelError(errno.EIO, "attribute has no show callback")
-        return self._show().encode()
+        # Model text stands for bytes one-to-one (latin-1), like the kernel's char buffers.
+        return self._show().encode("latin-1", errors="replace")
 
     def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
         if offset == 0 or handle.snapshot is None:
