@@ -19,6 +19,9 @@ Cache policy:
   ``1`` to ``active`` sees ``dt`` at its very next ``stat``.  The blocking libfuse calls
   run in a worker thread (calling them on the event loop can deadlock against a lookup
   that holds the parent directory's lock while it waits for us).
+- There is no ``flush`` handler: pyfuse3 answers ENOSYS once and the kernel stops sending
+  FLUSH, which saves one round trip per ``close()``.  Nothing is buffered (every write
+  is stored before it returns), so a close has nothing to report.
 - Every file is opened with ``keep_cache`` off and the node's ``direct_io`` flag (true
   for all kho-fs files), so file data is never served from the page cache.
 
@@ -351,10 +354,6 @@ class Operations(pyfuse3.Operations):
             return handle.write(off, buf)
         finally:
             await self._sync(wait=True)
-
-    @_guarded
-    async def flush(self, fh: int) -> None:
-        self._file(fh)
 
     @_guarded
     async def release(self, fh: int) -> None:

@@ -29,8 +29,8 @@ from kho_fs.model.machine import Machine
 from kho_fs.model.memblock import memblock_debug_show
 from kho_fs.model.notifier import NOTIFY_BAD, NOTIFY_DONE
 
-SPEC_DIR = Path("/work/shared/spec")
-VECTORS = SPEC_DIR / "vectors"
+# The spec's reference FDT blobs (kho-v4.md §5.6), copied from shared/spec/vectors.
+VECTORS = Path(__file__).resolve().parents[1] / "data"
 SEED_CMDLINE = "reserve_mem=64M:4096:trace kho=on kho_scratch=512M,256M"
 FOUND_LINE = "KHO: setup: Found kexec handover data. Will skip init for some devices"
 SZ_1M = 1 << 20

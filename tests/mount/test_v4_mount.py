@@ -39,7 +39,7 @@ MEMORY = "sys/kernel/debug/memblock/memory"
 RESERVED = "sys/kernel/debug/memblock/reserved"
 SEED = "reserve_mem=64M:4096:trace kho=on kho_scratch=512M,256M"
 NOBODY = 65534
-VECTORS = Path("/work/shared/spec/vectors")
+VECTORS = Path(__file__).resolve().parents[1] / "data"  # spec §5.6 reference blobs
 BIN = Path(sys.executable).parent  # the virtualenv's bin/, where `kho-fs` lives
 ENV = {k: v for k, v in os.environ.items() if k != "KHO_FS_ROOT"}
 ENV["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
