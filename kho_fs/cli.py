@@ -5,12 +5,7 @@ arguments, plus the ``"module:function"`` that runs the command.  That module is
 only when its command runs, so ``kho-fs --help`` stays fast.  To add a command (for
 example ``kexec`` or ``status``)::
 
-    @subcommand("save", "save a --state machine now (atomically)", run="kho_fs.daemon:save_command")
-def _save_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("mountpoint")
-
-
-@subcommand("status", "show the emulated machine's state", run="kho_fs.status:run")
+    @subcommand("status", "show the emulated machine's state", run="kho_fs.daemon:status_command")
     def _status_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("mountpoint")
 

@@ -24,6 +24,7 @@ until the daemon process has exited, so the next mount can start at once.
 from __future__ import annotations
 
 import argparse
+import errno
 import faulthandler
 import hashlib
 import importlib
@@ -47,6 +48,7 @@ from kho_fs.cli import (
     EXIT_NO_FUSE,
     EXIT_OK,
     EXIT_USAGE,
+    PROG,
     CommandError,
 )
 
@@ -227,11 +229,51 @@ def mount_type(mountpoint: str) -> str | None:
 # -- mount ----------------------------------------------------------------------------
 
 
+def is_dead_mount(mountpoint: str) -> bool:
+    """True when the mount at ``mountpoint`` has lost its daemon ("Transport endpoint is
+    not connected"): what a killed FUSE daemon leaves if its auto_unmount helper died too."""
+    try:
+        os.statvfs(mountpoint)  # always a request to the daemon; stat may hit the cache
+    except OSError as exc:
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    return False
+
+
+def recover_dead_mount(path: str, real: str) -> None:
+    """Lazily unmount a dead kho-fs mount left at ``real``, or say exactly what to do."""
+    fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
+    command = [fusermount, "-u", "-z", real] if fusermount else ["umount", "-l", real]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0 or mount_type(real) is not None:
+        raise CommandError(
+            f"{path} is a dead kho-fs mount (its daemon is gone) and `{' '.join(command)}` "
+            f"failed: {result.stderr.strip() or 'still mounted'}; unmount it as its owner "
+            f"(`fusermount3 -u -z {real}` or, as root, `umount -l {real}`) and mount again",
+            EXIT_MOUNTPOINT,
+        )
+    remove_stale_pid_file(real)
+    print(
+        f"{PROG}: {path} was a dead kho-fs mount (its daemon is gone); unmounted it",
+        file=sys.stderr,
+    )
+
+
 def check_mountpoint(path: str) -> str:
-    """Return the real path of a usable mountpoint, or raise CommandError."""
+    """Return the real path of a usable mountpoint, or raise CommandError.
+
+    A dead kho-fs mount (the daemon was killed and its auto_unmount helper too) is
+    unmounted and reused; any other mount is left alone with a message saying what it is.
+    """
     real = os.path.realpath(path)
-    if mount_type(real) is not None:
-        raise CommandError(f"{path} is already a mountpoint", EXIT_MOUNTPOINT)
+    kind = mount_type(real)
+    if kind == FSTYPE and read_pid_file(real) is None and is_dead_mount(real):
+        recover_dead_mount(path, real)
+    elif kind is not None:
+        state = "a dead" if is_dead_mount(real) else "a live"
+        hint = f"; run `umount -l {real}` first" if state == "a dead" else ""
+        raise CommandError(
+            f"{path} is already a mountpoint ({state} {kind} mount{hint})", EXIT_MOUNTPOINT
+        )
     if not os.path.exists(real):
         raise CommandError(f"mountpoint {path} does not exist", EXIT_MOUNTPOINT)
     if not os.path.isdir(real):

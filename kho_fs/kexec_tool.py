@@ -10,10 +10,12 @@ Failures print like kexec-tools and exit non-zero.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK = 1 << 20
 EXIT_FAILURE = 255  # kexec-tools returns -1 from main on a failed syscall
@@ -76,18 +78,32 @@ def _root(args: argparse.Namespace) -> Path:
     return root
 
 
-def _stage(src: str | None, dst: Path) -> None:
-    """Copy ``src`` (or nothing) into a staging file in 1 MiB writes."""
-    with open(dst, "wb") as out:  # O_TRUNC empties the staging file
-        if src is None:
-            return
-        try:
-            f = open(src, "rb")  # noqa: SIM115 - closed below, errors reported precisely
-        except OSError as exc:
-            raise KexecError(f"kexec: Cannot open `{src}': {exc.strerror}", 1) from exc
-        with f:
-            while chunk := f.read(CHUNK):
+def _open_source(path: str, stack: contextlib.ExitStack) -> BinaryIO:
+    """Open an image file named on the command line, before anything is staged."""
+    try:
+        return stack.enter_context(open(path, "rb"))
+    except OSError as exc:
+        raise KexecError(f"kexec: Cannot open `{path}': {exc.strerror}", 1) from exc
+
+
+def _stage(src: BinaryIO | None, name: str | None, dst: Path) -> None:
+    """Copy an open source (or nothing) into a staging file in 1 MiB writes.
+
+    The staging file is sized first, so a too large image fails at once (EFBIG) instead
+    of after copying a gigabyte.
+    """
+    try:
+        with open(dst, "r+b") as out:
+            size = os.fstat(src.fileno()).st_size if src is not None else 0
+            os.ftruncate(out.fileno(), size)
+            if src is None:
+                return
+            while chunk := src.read(CHUNK):
                 out.write(chunk)
+            out.truncate()
+    except OSError as exc:
+        what = f"`{name}'" if name else "nothing"
+        raise KexecError(f"kexec: cannot stage {what} into {dst}: {exc.strerror}", 1) from exc
 
 
 def _cmdline(args: argparse.Namespace, root: Path) -> bytes:
@@ -120,9 +136,18 @@ def _is_loaded(root: Path) -> bool:
 
 def load(args: argparse.Namespace, root: Path, image: str) -> None:
     kexec_dir = root / "machine" / "kexec"
-    _stage(image, kexec_dir / "kernel")
-    _stage(args.initrd, kexec_dir / "initrd")
-    (kexec_dir / "cmdline").write_bytes(_cmdline(args, root))
+    with contextlib.ExitStack() as stack:  # both files open before the first is staged
+        kernel = _open_source(image, stack)
+        initrd = _open_source(args.initrd, stack) if args.initrd else None
+        _stage(kernel, image, kexec_dir / "kernel")
+        _stage(initrd, args.initrd, kexec_dir / "initrd")
+    cmdline = _cmdline(args, root)
+    try:
+        (kexec_dir / "cmdline").write_bytes(cmdline)
+    except OSError as exc:
+        raise KexecError(
+            f"kexec: cannot stage the command line ({len(cmdline)} bytes): {exc.strerror}", 1
+        ) from exc
     syscalls = ["kexec_file_load"] if args.kexec_file_syscall else ["kexec_load"]
     if args.kexec_syscall_auto:
         syscalls = ["kexec_file_load", "kexec_load"]
@@ -174,4 +199,7 @@ def run(args: argparse.Namespace) -> int:
     except KexecError as exc:
         print(exc, file=sys.stderr)
         return exc.code
+    except OSError as exc:  # the mount itself failed us (permissions, a dead mount...)
+        print(f"kexec: {exc.filename or args.root}: {exc.strerror}", file=sys.stderr)
+        return 1
     return 0
