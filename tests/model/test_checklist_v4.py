@@ -13,10 +13,6 @@ import subprocess
 
 import libfdt
 import pytest
-
-from kho_fs.model.kho import KEXEC_KHO_ABORT, KEXEC_KHO_DUMP
-from kho_fs.model.memblock import MEMBLOCK_RSRV_KERN
-
 from kho_model_helpers import (
     FOUND_LINE,
     PLAIN_KERNEL,
@@ -35,6 +31,9 @@ from kho_model_helpers import (
     mem_writer,
     round_up,
 )
+
+from kho_fs.model.kho import KEXEC_KHO_ABORT, KEXEC_KHO_DUMP
+from kho_fs.model.memblock import MEMBLOCK_RSRV_KERN
 
 HEX_LINE = re.compile(r"^0x[0-9a-f]+$")
 BOOT_LINES = 2  # "Linux version ..." and "Command line: ..."
@@ -72,7 +71,9 @@ def kernel_sizes(k) -> list[int]:
 # -- 1..7: boot options and the fresh sysfs directory ----------------------------------------
 
 
-@pytest.mark.parametrize("cmdline", ["", "console=ttyS0", "kho=off", "kho=0", "kho=n", "kho=on kho=off"])
+@pytest.mark.parametrize(
+    "cmdline", ["", "console=ttyS0", "kho=off", "kho=0", "kho=n", "kho=on kho=off"]
+)
 def test_item_01_no_kho_dir_without_kho_true(machine, cmdline):
     k = machine(cmdline).kernel
     assert k.kho.sysfs is False
@@ -150,7 +151,10 @@ def test_item_06_node_areas_lie_in_their_node(machine):
     m = machine("kho=on", nodes=2)
     k = m.kernel
     for nid, area in enumerate(k.kho.scratch[1:]):
-        assert any(r.nid == nid and r.start <= area.addr and area.addr + area.size <= r.end for r in m.mem.ram)
+        assert any(
+            r.nid == nid and r.start <= area.addr and area.addr + area.size <= r.end
+            for r in m.mem.ram
+        )
 
 
 def test_item_07_fresh_boot_state(machine):
@@ -160,7 +164,7 @@ def test_item_07_fresh_boot_state(machine):
     assert k.kho.fdt is None
 
 
-# -- 8..20: the sysfs handlers --------------------------------------------------------------------
+# -- 8..20: the sysfs handlers ---------------------------------------------------------------------
 
 
 def test_item_08_attribute_handlers(machine):
@@ -201,7 +205,9 @@ def test_item_10_active_accepts(machine, buf):
     assert k.kho.active_show() == "0\n"
 
 
-@pytest.mark.parametrize(("cmdline", "size"), [("kho=on", 111), ("kho=on reserve_mem=16M:4096:oops", 239)])
+@pytest.mark.parametrize(
+    ("cmdline", "size"), [("kho=on", 111), ("kho=on reserve_mem=16M:4096:oops", 239)]
+)
 def test_item_11_dt_size_and_dtc_decodes(machine, cmdline, size):
     k = machine(cmdline).kernel
     k.kho.active_store(b"1")
@@ -276,7 +282,9 @@ def test_item_14_dt_max_busy_while_active(machine):
     assert k.kho.dt_max_show() == "0x1000\n"
 
 
-@pytest.mark.parametrize("buf", [b"0x", b"08", b"-1", b" 1", b"4K", b"4096 ", b"4096\n\n", b"", b"++1"])
+@pytest.mark.parametrize(
+    "buf", [b"0x", b"08", b"-1", b" 1", b"4K", b"4096 ", b"4096\n\n", b"", b"++1"]
+)
 def test_item_15_dt_max_rejects(machine, buf):
     k = machine("kho=on").kernel
     expect_errno(errno.EINVAL, k.kho.dt_max_store, buf)
@@ -310,8 +318,21 @@ def test_item_16_dt_max_110_fails_111_works(machine):
 
 @pytest.mark.parametrize(
     ("dt_max", "err"),
-    [(200, -1), (235, -3), (40, -22), (2147483648, -12), (0, -22), (47, -22), (48, -3), (102, -3),
-     (103, -1), (230, -1), (231, -3), (238, -3), ((1 << 64) - 1, -12)],
+    [
+        (200, -1),
+        (235, -3),
+        (40, -22),
+        (2147483648, -12),
+        (0, -22),
+        (47, -22),
+        (48, -3),
+        (102, -3),
+        (103, -1),
+        (230, -1),
+        (231, -3),
+        (238, -3),
+        ((1 << 64) - 1, -12),
+    ],
 )
 def test_item_17_dt_max_outcomes_with_oops(machine, dt_max, err):
     k = machine("kho=on reserve_mem=16M:4096:oops").kernel
@@ -376,7 +397,7 @@ def test_item_20_long_nul_padded_dt_max_write(machine):
     assert k.kho.dt_max_show() == "0x1000\n"
 
 
-# -- 21..23: reserve_mem and scratch sizing ----------------------------------------------------
+# -- 21..23: reserve_mem and scratch sizing --------------------------------------------------------
 
 
 def test_item_21_reserve_mem_region_and_fdt_node(machine):
@@ -437,7 +458,14 @@ def test_item_24_segments_inside_scratch(seed):
     k.kho.active_store(b"1")
     k.kexec.kexec_file_load(PLAIN_KERNEL, b"initrd" * 1000, k.cmdline)
     segs = k.kexec.kexec_image.segments
-    assert [s.name for s in segs] == ["kho-fdt", "kho-scratch", "purgatory", "boot_params", "kernel", "initrd"]
+    assert [s.name for s in segs] == [
+        "kho-fdt",
+        "kho-scratch",
+        "purgatory",
+        "boot_params",
+        "kernel",
+        "initrd",
+    ]
     for s in segs:
         assert inside_any(k.kho.scratch, s.mem, s.memsz), s
 
@@ -510,7 +538,7 @@ def test_item_27_abort_after_load_keeps_handover(seed):
     assert "Revived memory reservation 'trace' from KHO" in k2.log.lines()
 
 
-# -- 28..36: the receiving side ----------------------------------------------------------------------
+# -- 28..36: the receiving side
 
 
 def test_item_28_handover_log_line(seed):
@@ -537,7 +565,9 @@ def test_item_30_scratch_inherited_and_kho_scratch_ignored(seed):
     k2 = kho_cycle(seed, "reserve_mem=64M:4096:trace kho=on kho_scratch=1G,1G")
     assert k2.kho.scratch_phys_show() == phys
     assert k2.kho.scratch_len_show() == length
-    assert "KHO: scratch areas: global: 1024MB pernode: 1024MB" in k2.log.lines()  # still parsed (2.3)
+    assert (
+        "KHO: scratch areas: global: 1024MB pernode: 1024MB" in k2.log.lines()
+    )  # still parsed (2.3)
 
 
 def test_item_30_default_scaling_not_reapplied(seed):
@@ -584,7 +614,9 @@ def test_item_33_handover_memblock_lines(seed):
     assert sum(ln.last - ln.base + 1 for ln in scratch_lines) == sum(a.size for a in k2.kho.scratch)
     fdt_len = len(img.kho_fdt.buffer)
     assert flags_covering(k2.memblock.reserved, img.kho_fdt.mem, fdt_len) == {"NONE"}
-    assert flags_covering(k2.memblock.reserved, img.kho_scratch.mem, 16 * len(k.kho.scratch)) == {"NONE"}
+    assert flags_covering(k2.memblock.reserved, img.kho_scratch.mem, 16 * len(k.kho.scratch)) == {
+        "NONE"
+    }
     assert flags_covering(k2.memblock.reserved, region.start, region.size) == {"NONE"}
 
 
@@ -633,7 +665,9 @@ def test_item_36_multi_entry_mem_reserves_first_only(machine):
     m = machine("kho=on", drivers=[mem_writer("two", kmem(first, second))])
     k = m.kernel
     k.kho.active_store(b"1")
-    assert bytes(libfdt.Fdt(k.kho.fdt).getprop(libfdt.Fdt(k.kho.fdt).path_offset("/two"), "mem")) == kmem(first, second)
+    assert bytes(
+        libfdt.Fdt(k.kho.fdt).getprop(libfdt.Fdt(k.kho.fdt).path_offset("/two"), "mem")
+    ) == kmem(first, second)
     k2 = kho_cycle(m)
     line = "kho-fs: /two: mem property has 2 entries; only the first is reserved (v4 behaviour)"
     assert line in k2.log.lines()

@@ -6,9 +6,6 @@ import hashlib
 import random
 
 import pytest
-
-from kho_fs.model.drivers import KhoExampleDriver
-
 from kho_model_helpers import (
     FOUND_LINE,
     PLAIN_KERNEL,
@@ -19,6 +16,8 @@ from kho_model_helpers import (
     is_reserved,
     kho_cycle,
 )
+
+from kho_fs.model.drivers import KhoExampleDriver
 
 SZ_64M = 64 << 20
 REVIVED = "Revived memory reservation 'trace' from KHO"
@@ -172,7 +171,9 @@ def test_kho_example_driver_round_trip(machine):
     drv2 = driver(k2, KhoExampleDriver)
     assert drv2.buffer is not None
     assert (drv2.buffer.start, drv2.buffer.size) == (start, 8 << 20)
-    assert f"kho_example: buffer restored from KHO at 0x{start:x} (0x800000 bytes)" in k2.log.lines()
+    assert (
+        f"kho_example: buffer restored from KHO at 0x{start:x} (0x800000 bytes)" in k2.log.lines()
+    )
     assert digest(m, start, 8 << 20) == want
     assert flags_covering(k2.memblock.reserved, start, 8 << 20) == {"NONE"}
 

@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import struct
 
 import pytest
-
-from kho_fs.model.kexec import KEXEC_FILE_NO_INITRAMFS, KEXEC_FILE_UNLOAD
-
 from kho_model_helpers import (
     PAGE,
     PLAIN_KERNEL,
@@ -22,6 +20,8 @@ from kho_model_helpers import (
     round_down,
     round_up,
 )
+
+from kho_fs.model.kexec import KEXEC_FILE_NO_INITRAMFS, KEXEC_FILE_UNLOAD
 
 ORDER = ["kho-fdt", "kho-scratch", "purgatory", "boot_params", "kernel", "initrd"]
 FILL_LINE = "KHO: ===> kho_fill_kimage: kexec_add_buffer"
@@ -56,8 +56,13 @@ def reference_place(areas, requests):
 
 
 def requests_for(fdt_len: int, n_areas: int, kernel_memsz: int, initrd_len: int | None):
-    reqs = [(fdt_len, SZ_64K, 0), (16 * n_areas, SZ_64K, 0), (16 << 10, PAGE, 0), (8 << 10, PAGE, 0),
-            (kernel_memsz, SZ_2M, 0)]
+    reqs = [
+        (fdt_len, SZ_64K, 0),
+        (16 * n_areas, SZ_64K, 0),
+        (16 << 10, PAGE, 0),
+        (8 << 10, PAGE, 0),
+        (kernel_memsz, SZ_2M, 0),
+    ]
     if initrd_len:
         reqs.append((initrd_len, PAGE, 0))
     return reqs
@@ -89,13 +94,19 @@ def test_segment_order_sizes_alignments(seed):
     assert by["boot_params"].memsz == 8 << 10
     assert by["kernel"].memsz == round_up(len(PLAIN_KERNEL), PAGE)
     assert by["initrd"].memsz == round_up(len(initrd), PAGE) and by["initrd"].buffer == initrd
-    for name, align in (("kho-fdt", SZ_64K), ("kho-scratch", SZ_64K), ("purgatory", PAGE),
-                        ("boot_params", PAGE), ("kernel", SZ_2M), ("initrd", PAGE)):
+    for name, align in (
+        ("kho-fdt", SZ_64K),
+        ("kho-scratch", SZ_64K),
+        ("purgatory", PAGE),
+        ("boot_params", PAGE),
+        ("kernel", SZ_2M),
+        ("initrd", PAGE),
+    ):
         assert by[name].mem % align == 0, name
     for s in segs:
         assert inside_any(k.kho.scratch, s.mem, s.memsz), s.name
     ends = sorted((s.mem, s.mem + s.memsz) for s in segs)
-    assert all(a[1] <= b[0] for a, b in zip(ends, ends[1:], strict=False)), "segments overlap"
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ends)), "segments overlap"
 
 
 @pytest.mark.parametrize(
@@ -115,7 +126,8 @@ def test_placement_matches_reference(machine, cmdline, nodes, kernel, initrd):
     k = m.kernel
     got = [s.mem for s in img.segments]
     want = reference_place(
-        k.kho.scratch, requests_for(len(k.kho.fdt), len(k.kho.scratch), img.kernel.memsz, initrd and len(initrd))
+        k.kho.scratch,
+        requests_for(len(k.kho.fdt), len(k.kho.scratch), img.kernel.memsz, initrd and len(initrd)),
     )
     assert None not in want
     assert got == want
@@ -136,7 +148,9 @@ def test_failed_load_keeps_previous_image(machine):
     k.kexec.kexec_file_load(PLAIN_KERNEL, None, "the first image")
     first = k.kexec.kexec_image
     k.kho.active_store(b"1")
-    expect_errno(errno.EADDRNOTAVAIL, k.kexec.kexec_file_load, bzimage(8 << 20), None, "the second image")
+    expect_errno(
+        errno.EADDRNOTAVAIL, k.kexec.kexec_file_load, bzimage(8 << 20), None, "the second image"
+    )
     assert k.kexec.kexec_loaded_show() == "1\n" and k.kexec.kexec_image is first
     k2 = m.kexec_exec()
     assert k2.cmdline == "the first image"
@@ -218,8 +232,10 @@ def test_next_kernel_reserves_its_image_and_initrd(seed):
     k2 = seed.kexec_exec()
     assert k2.boot.image == (img.kernel.mem, img.kernel.memsz)
     for seg in (img.kernel, img.initrd):
-        assert any(r.base <= seg.mem and seg.mem + seg.memsz <= r.end and r.flags & 0x20
-                   for r in k2.memblock.reserved), seg.name
+        assert any(
+            r.base <= seg.mem and seg.mem + seg.memsz <= r.end and r.flags & 0x20
+            for r in k2.memblock.reserved
+        ), seg.name
 
 
 # -- unload, exec, snapshot ------------------------------------------------------------------------
@@ -353,7 +369,9 @@ def test_bzimage_size_decides_scratch_fit(machine):
     k = machine("kho=on kho_scratch=4M,4M").kernel
     k.kho.active_store(b"1")
     k.kexec.kexec_file_load(bzimage(2 << 20, body=64 << 10), None, "x")
-    expect_errno(errno.EADDRNOTAVAIL, k.kexec.kexec_file_load, bzimage(6 << 20, body=64 << 10), None, "y")
+    expect_errno(
+        errno.EADDRNOTAVAIL, k.kexec.kexec_file_load, bzimage(6 << 20, body=64 << 10), None, "y"
+    )
     assert k.kexec.kexec_image.cmdline == "x"
 
 

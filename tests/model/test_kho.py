@@ -8,13 +8,6 @@ import errno
 import struct
 
 import pytest
-
-from kho_fs.model.drivers import KhoDriver
-from kho_fs.model.fdt import FdtSw, fdt_check_full
-from kho_fs.model.kho import KEXEC_KHO_DUMP
-from kho_fs.model.memblock import memblock_debug_show
-from kho_fs.model.notifier import NOTIFY_BAD, NOTIFY_DONE, NOTIFY_OK, notifier_from_errno
-
 from kho_model_helpers import (
     FOUND_LINE,
     PLAIN_KERNEL,
@@ -31,6 +24,12 @@ from kho_model_helpers import (
     mem_writer,
     round_down,
 )
+
+from kho_fs.model.drivers import KhoDriver
+from kho_fs.model.fdt import FdtSw, fdt_check_full
+from kho_fs.model.kho import KEXEC_KHO_DUMP
+from kho_fs.model.memblock import memblock_debug_show
+from kho_fs.model.notifier import NOTIFY_BAD, NOTIFY_DONE, NOTIFY_OK, notifier_from_errno
 
 LOW = 0x40000000  # 1 GiB: free RAM far from every allocation of the emulated kernels
 KHO_NODE = 0x1800  # where the model's boot_params segment keeps the type-10 node (kexec.py)
@@ -91,7 +90,7 @@ def set_kho_node(img, **fields):
     img.boot_params.buffer = bytes(buf)
 
 
-# -- crafted handovers (6.3) ----------------------------------------------------------------------
+# -- crafted handovers (6.3) -----------------------------------------------------------------------
 
 
 def test_fdt_outside_ram_is_invalid(seed):
@@ -129,7 +128,9 @@ def test_handover_reserves_fdt_table_and_setup_data(seed):
     img = load(seed)
     k2 = seed.kexec_exec()
     assert k2.kho.fdt_in_phys == img.kho_fdt.mem
-    assert flags_covering(k2.memblock.reserved, img.kho_fdt.mem, len(img.kho_fdt.buffer)) == {"NONE"}
+    assert flags_covering(k2.memblock.reserved, img.kho_fdt.mem, len(img.kho_fdt.buffer)) == {
+        "NONE"
+    }
     # exact sizes: the FDT's total size and 16 bytes per area, nothing more
     assert not is_reserved(k2, img.kho_fdt.mem + len(img.kho_fdt.buffer), 1)
     assert not is_reserved(k2, img.kho_scratch.mem + 32, 1)
@@ -137,7 +138,7 @@ def test_handover_reserves_fdt_table_and_setup_data(seed):
     assert flags_covering(k2.memblock.reserved, node, 48) == {"RSV_KERN"}
 
 
-# -- revival rules (6.5) ------------------------------------------------------------------------
+# -- revival rules (6.5) ---------------------------------------------------------------------------
 
 
 def test_revival_follows_the_fdt(seed):
@@ -149,19 +150,25 @@ def test_revival_follows_the_fdt(seed):
 
 
 def test_unknown_top_compatible(seed):
-    blob = reserve_mem_tree([("trace", "reserve_mem_map-v1", kmem((LOW, 64 << 20)))], top_compat="other-v1")
+    blob = reserve_mem_tree(
+        [("trace", "reserve_mem_map-v1", kmem((LOW, 64 << 20)))], top_compat="other-v1"
+    )
     k2 = exec_with_fdt(seed, blob, seed.kernel.cmdline)
     assert "Node '/reserve_mem' has unknown compatible" in k2.log.lines()
     assert seed.region("trace").start != LOW
     assert inside_any(k2.kho.scratch, seed.region("trace").start, 64 << 20)
-    assert flags_covering(k2.memblock.reserved, LOW, 64 << 20) == {"NONE"}  # mem walk still reserves
+    assert flags_covering(k2.memblock.reserved, LOW, 64 << 20) == {
+        "NONE"
+    }  # mem walk still reserves
 
 
 def test_unknown_child_compatible_skips_to_next_child(seed):
-    blob = reserve_mem_tree([
-        ("trace", "bogus-v1", kmem((LOW, 64 << 20))),
-        ("trace", "reserve_mem_map-v1", kmem((LOW + (128 << 20), 64 << 20))),
-    ])
+    blob = reserve_mem_tree(
+        [
+            ("trace", "bogus-v1", kmem((LOW, 64 << 20))),
+            ("trace", "reserve_mem_map-v1", kmem((LOW + (128 << 20), 64 << 20))),
+        ]
+    )
     k2 = exec_with_fdt(seed, blob, seed.kernel.cmdline)
     assert "Node '/reserve_mem/trace' has unknown compatible" in k2.log.lines()
     assert "Revived memory reservation 'trace' from KHO" in k2.log.lines()
@@ -169,12 +176,17 @@ def test_unknown_child_compatible_skips_to_next_child(seed):
 
 
 def test_multi_entry_mem_never_revives(seed):
-    blob = reserve_mem_tree([("trace", "reserve_mem_map-v1", kmem((LOW, 64 << 20), (LOW + (256 << 20), 1 << 20)))])
+    blob = reserve_mem_tree(
+        [("trace", "reserve_mem_map-v1", kmem((LOW, 64 << 20), (LOW + (256 << 20), 1 << 20)))]
+    )
     k2 = exec_with_fdt(seed, blob, seed.kernel.cmdline)
     lines = k2.log.lines()
     assert not any(line.startswith(("Revived", "KHO reserved_mem")) for line in lines)
     assert inside_any(k2.kho.scratch, seed.region("trace").start, 64 << 20)
-    assert "kho-fs: /reserve_mem/trace: mem property has 2 entries; only the first is reserved (v4 behaviour)" in lines
+    assert (
+        "kho-fs: /reserve_mem/trace: mem property has 2 entries; "
+        "only the first is reserved (v4 behaviour)" in lines
+    )
     assert is_reserved(k2, LOW, 64 << 20) and not is_reserved(k2, LOW + (256 << 20), 1 << 20)
 
 
@@ -182,7 +194,9 @@ def test_wrong_alignment(seed):
     start = seed.region("trace").start
     assert start % (1 << 30)
     k2 = kho_cycle(seed, "reserve_mem=64M:1G:trace kho=on")
-    assert f"KHO reserved_mem 'trace' has wrong alignment (0x40000000, 0x{start:x})" in k2.log.lines()
+    assert (
+        f"KHO reserved_mem 'trace' has wrong alignment (0x40000000, 0x{start:x})" in k2.log.lines()
+    )
     new = seed.region("trace")
     assert new.start % (1 << 30) == 0 and inside_any(k2.kho.scratch, new.start, new.size)
 
@@ -214,7 +228,7 @@ def test_region_too_big_for_scratch_is_dropped_silently(seed):
     assert k2.panic is None
 
 
-# -- the mem walk (6.6) -----------------------------------------------------------------------------
+# -- the mem walk (6.6)
 
 
 def test_root_mem_property_reserved(machine):
@@ -236,19 +250,28 @@ def test_three_entry_message(machine):
     payload = kmem((LOW, 1 << 20), (LOW + (4 << 20), 1 << 20), (LOW + (8 << 20), 1 << 20))
     m = machine("kho=on", drivers=[mem_writer("three", payload)])
     k2 = kho_cycle(m)
-    assert "kho-fs: /three: mem property has 3 entries; only the first is reserved (v4 behaviour)" in k2.log.lines()
+    assert (
+        "kho-fs: /three: mem property has 3 entries; only the first is reserved (v4 behaviour)"
+        in k2.log.lines()
+    )
     assert is_reserved(k2, LOW, 1 << 20)
-    assert not is_reserved(k2, LOW + (4 << 20), 1 << 20) and not is_reserved(k2, LOW + (8 << 20), 1 << 20)
+    assert not is_reserved(k2, LOW + (4 << 20), 1 << 20) and not is_reserved(
+        k2, LOW + (8 << 20), 1 << 20
+    )
 
 
-# -- scratch sizing edge cases (2.3, 7.1, 7.4) ----------------------------------------------------------
+# -- scratch sizing edge cases (2.3, 7.1, 7.4)
 
 
 @pytest.mark.parametrize(
     ("opt", "line", "lengths"),
     [
         ("1536K,1M", "KHO: scratch areas: global: 1MB pernode: 1MB", "0x200000\n0x200000\n"),
-        ("16M,512M,256M", "KHO: scratch areas: global: 16MB pernode: 512MB", "0x1000000\n0x20000000\n"),
+        (
+            "16M,512M,256M",
+            "KHO: scratch areas: global: 16MB pernode: 512MB",
+            "0x1000000\n0x20000000\n",
+        ),
         ("3M,5M", "KHO: scratch areas: global: 3MB pernode: 5MB", "0x400000\n0x600000\n"),
     ],
 )
@@ -292,7 +315,9 @@ def test_zero_percent_zero_size_areas(machine):
             pos = max(pos, r.end)
         if pos < mem.end:
             free.append((pos, mem.end))
-    want = next(round_down(end, SZ_2M) for start, end in reversed(free) if round_down(end, SZ_2M) >= start)
+    want = next(
+        round_down(end, SZ_2M) for start, end in reversed(free) if round_down(end, SZ_2M) >= start
+    )
     assert [a.addr for a in k.kho.scratch] == [want, want]
 
 
@@ -306,7 +331,7 @@ def test_default_node_sizes(machine, nodes):
         assert flags_covering(k.memblock.reserved, area.addr, area.size) == {"RSV_KERN"}
 
 
-# -- FDT sizes (4.3, 5.5) ------------------------------------------------------------------------------
+# -- FDT sizes (4.3, 5.5)
 
 
 def fdt_total(names):
@@ -315,8 +340,17 @@ def fdt_total(names):
 
 @pytest.mark.parametrize(
     "names",
-    [[], ["oops"], ["oops", "trace"], ["a"], ["abc"], ["abcd"], ["abcdefgh"], ["abcdefghijkl"],
-     [f"name{i:02d}-xxxxxxx" for i in range(8)]],
+    [
+        [],
+        ["oops"],
+        ["oops", "trace"],
+        ["a"],
+        ["abc"],
+        ["abcd"],
+        ["abcdefgh"],
+        ["abcdefghijkl"],
+        [f"name{i:02d}-xxxxxxx" for i in range(8)],
+    ],
 )
 def test_fdt_size_formula(machine, names):
     opts = " ".join(f"reserve_mem=1M:4096:{n}" for n in names)
@@ -367,8 +401,12 @@ class Raising(KhoDriver):
 
 @pytest.mark.parametrize(
     ("drv", "err"),
-    [(returning(NOTIFY_BAD), -1), (returning(notifier_from_errno(-errno.ENOMEM)), -12),
-     (returning(notifier_from_errno(-errno.EBUSY)), -16), (Raising, -1)],
+    [
+        (returning(NOTIFY_BAD), -1),
+        (returning(notifier_from_errno(-errno.ENOMEM)), -12),
+        (returning(notifier_from_errno(-errno.EBUSY)), -16),
+        (Raising, -1),
+    ],
 )
 def test_participant_failure_errno(machine, drv, err):
     m = machine("kho=on", drivers=[drv, Recorder])

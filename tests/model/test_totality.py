@@ -14,26 +14,53 @@ import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kho_model_helpers import PLAIN_KERNEL, inside_any
 
 from kho_fs.model.errors import KernelError
 from kho_fs.model.fdt import fdt_check_full
 from kho_fs.model.machine import Machine
 
-from kho_model_helpers import PLAIN_KERNEL, inside_any
-
 # KHO_MODEL_EXAMPLES=5000 for a long local hunt; the default keeps the suite fast.
-SETTINGS = settings(max_examples=int(os.environ.get("KHO_MODEL_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("KHO_MODEL_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 HEX = re.compile(r"^0x[0-9a-f]+\n$")
 LATIN1 = st.characters(max_codepoint=0xFF)
-PRINTABLE_LATIN1 = st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f") | st.sampled_from(
-    "\t\n\r\x0b\x0c"
-)
+PRINTABLE_LATIN1 = st.characters(
+    min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"
+) | st.sampled_from("\t\n\r\x0b\x0c")
 
-INTERESTING_BUFS = [b"1", b"0", b"1\n", b"0\n", b"yes", b"on", b"off", b"2", b"\n", b"", b"0x100", b"+256",
-                    b"111", b"110", b"239", b"40", b"2147483648", b"0x", b"08", b"-1", b"1\0garbage",
-                    b"0x1000" + b"\0" * 4994]
-BUFS = st.one_of(st.binary(max_size=8192), st.sampled_from(INTERESTING_BUFS),
-                 st.text(alphabet="0123456789abcdefxX+-\n onOFyYtT", max_size=24).map(str.encode))
+INTERESTING_BUFS = [
+    b"1",
+    b"0",
+    b"1\n",
+    b"0\n",
+    b"yes",
+    b"on",
+    b"off",
+    b"2",
+    b"\n",
+    b"",
+    b"0x100",
+    b"+256",
+    b"111",
+    b"110",
+    b"239",
+    b"40",
+    b"2147483648",
+    b"0x",
+    b"08",
+    b"-1",
+    b"1\0garbage",
+    b"0x1000" + b"\0" * 4994,
+]
+BUFS = st.one_of(
+    st.binary(max_size=8192),
+    st.sampled_from(INTERESTING_BUFS),
+    st.text(alphabet="0123456789abcdefxX+-\n onOFyYtT", max_size=24).map(str.encode),
+)
 
 
 def check_kho(k) -> None:
@@ -47,13 +74,17 @@ def check_kho(k) -> None:
         assert len(k.kho.fdt) <= k.kho.dt_max
 
 
-# -- sysfs stores --------------------------------------------------------------------------------------
+# -- sysfs stores
 
 
 @SETTINGS
 @given(
-    regions=st.sampled_from(["", "reserve_mem=16M:4096:oops", "reserve_mem=1M:64:a reserve_mem=2M:4096:b"]),
-    dt_max=st.sampled_from([None, b"0", b"47", b"110", b"111", b"200", b"239", b"4096", b"2147483648"]),
+    regions=st.sampled_from(
+        ["", "reserve_mem=16M:4096:oops", "reserve_mem=1M:64:a reserve_mem=2M:4096:b"]
+    ),
+    dt_max=st.sampled_from(
+        [None, b"0", b"47", b"110", b"111", b"200", b"239", b"4096", b"2147483648"]
+    ),
     bufs=st.lists(BUFS, max_size=8),
 )
 def test_active_store_total(regions, dt_max, bufs):
@@ -92,23 +123,59 @@ def test_dt_max_store_total(activate, bufs):
             check_kho(k)
 
 
-# -- booting arbitrary command lines ----------------------------------------------------------------
+# -- booting arbitrary command lines
 
-TOKENS = ["kho", "kho_scratch", "kho-scratch", "reserve_mem", "reserve-mem", "kho_example.size", "console", "--"]
+TOKENS = [
+    "kho",
+    "kho_scratch",
+    "kho-scratch",
+    "reserve_mem",
+    "reserve-mem",
+    "kho_example.size",
+    "console",
+    "--",
+]
 VALUES = st.one_of(
     st.text(LATIN1, max_size=16),
-    st.sampled_from(["on", "off", "1", "0", "maybe", "512M,256M", "150%", "0%", "0x10%", "1536K,1M", "16M:4096:oops",
-                     "64M:4096:trace", "0:4096:x", "1E:64:huge", "8M", "1G,1G", "16E,1", "4M:3000:odd",
-                     "1M:0x1e:hex", "\"1M:64:a b\""]),
-    st.builds(lambda s, a, n: f"{s}:{a}:{n}", st.sampled_from(["1M", "4K", "0x1000", "1e", "16M", "7"]),
-              st.sampled_from(["", "64", "4096", "1G", "3"]), st.text(PRINTABLE_LATIN1, max_size=17)),
+    st.sampled_from(
+        [
+            "on",
+            "off",
+            "1",
+            "0",
+            "maybe",
+            "512M,256M",
+            "150%",
+            "0%",
+            "0x10%",
+            "1536K,1M",
+            "16M:4096:oops",
+            "64M:4096:trace",
+            "0:4096:x",
+            "1E:64:huge",
+            "8M",
+            "1G,1G",
+            "16E,1",
+            "4M:3000:odd",
+            "1M:0x1e:hex",
+            '"1M:64:a b"',
+        ]
+    ),
+    st.builds(
+        lambda s, a, n: f"{s}:{a}:{n}",
+        st.sampled_from(["1M", "4K", "0x1000", "1e", "16M", "7"]),
+        st.sampled_from(["", "64", "4096", "1G", "3"]),
+        st.text(PRINTABLE_LATIN1, max_size=17),
+    ),
 )
 TOKEN = st.one_of(
     st.builds(lambda t, v: f"{t}={v}", st.sampled_from(TOKENS), VALUES),
     st.sampled_from(TOKENS),
     st.text(PRINTABLE_LATIN1, max_size=20),
 )
-CMDLINES = st.one_of(st.text(PRINTABLE_LATIN1, max_size=300), st.lists(TOKEN, max_size=12).map(" ".join))
+CMDLINES = st.one_of(
+    st.text(PRINTABLE_LATIN1, max_size=300), st.lists(TOKEN, max_size=12).map(" ".join)
+)
 
 
 def check_kernel(k) -> None:
@@ -129,7 +196,9 @@ def check_kernel(k) -> None:
 @SETTINGS
 @given(
     cmdline=CMDLINES,
-    layout=st.sampled_from([(16 << 30, 1), (16 << 30, 2), (1 << 30, 1), (6 << 30, 3), (100 << 20, 1), (16 << 30, 9)]),
+    layout=st.sampled_from(
+        [(16 << 30, 1), (16 << 30, 2), (1 << 30, 1), (6 << 30, 3), (100 << 20, 1), (16 << 30, 9)]
+    ),
 )
 def test_cold_boot_any_cmdline(cmdline, layout):
     memory, nodes = layout
@@ -163,7 +232,7 @@ def test_kexec_into_any_cmdline(cmdline, activate):
         check_kernel(k2)
 
 
-# -- kexec_file_load with arbitrary images ----------------------------------------------------------
+# -- kexec_file_load with arbitrary images
 
 
 @st.composite
@@ -176,8 +245,15 @@ def kernel_images(draw):
     img += bytes(body)
     img[0x1F1] = setup_sects
     img[0x202:0x206] = draw(st.sampled_from([b"HdrS", b"HdrS", b"Hdrs"]))
-    struct.pack_into("<H", img, 0x206, draw(st.sampled_from([0x0200, 0x0209, 0x020A, 0x020F, 0xFFFF])))
-    struct.pack_into("<I", img, 0x260, draw(st.one_of(st.integers(0, 0xFFFFFFFF), st.sampled_from([0, 1, 8 << 20]))))
+    struct.pack_into(
+        "<H", img, 0x206, draw(st.sampled_from([0x0200, 0x0209, 0x020A, 0x020F, 0xFFFF]))
+    )
+    struct.pack_into(
+        "<I",
+        img,
+        0x260,
+        draw(st.one_of(st.integers(0, 0xFFFFFFFF), st.sampled_from([0, 1, 8 << 20]))),
+    )
     return bytes(img)
 
 
@@ -198,7 +274,13 @@ def test_kexec_file_load_total(kernel, initrd, cmdline, flags, scratch, activate
         try:
             k.kexec.kexec_file_load(kernel, initrd, cmdline, flags)
         except KernelError as exc:
-            assert exc.errno in (errno.EINVAL, errno.ENOEXEC, errno.EADDRNOTAVAIL, errno.EOPNOTSUPP, errno.EPERM)
+            assert exc.errno in (
+                errno.EINVAL,
+                errno.ENOEXEC,
+                errno.EADDRNOTAVAIL,
+                errno.EOPNOTSUPP,
+                errno.EPERM,
+            )
             assert k.kexec.kexec_loaded_show() == "0\n"
             return
         img = k.kexec.kexec_image
@@ -220,8 +302,10 @@ def test_kexec_file_load_non_latin1_cmdline_is_kernel_error(seed):
     """A command line is bytes to the kernel; text the model cannot encode must be refused
     with a KernelError like every other bad argument, not escape as UnicodeEncodeError."""
     k = seed.kernel
-    for load in (lambda: k.kexec.kexec_file_load(PLAIN_KERNEL, None, "console=\u20ac"),
-                 lambda: k.kexec.kexec_load(PLAIN_KERNEL, None, "console=\u20ac")):
+    for load in (
+        lambda: k.kexec.kexec_file_load(PLAIN_KERNEL, None, "console=\u20ac"),
+        lambda: k.kexec.kexec_load(PLAIN_KERNEL, None, "console=\u20ac"),
+    ):
         try:
             load()
         except KernelError as exc:

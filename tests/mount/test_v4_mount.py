@@ -115,7 +115,9 @@ def hexlines(m: MountedMachine, path: str) -> list[int]:
 
 
 def scratch(m: MountedMachine) -> list[tuple[int, int]]:
-    return list(zip(hexlines(m, f"{KHO}/scratch_phys"), hexlines(m, f"{KHO}/scratch_len")))
+    return list(
+        zip(hexlines(m, f"{KHO}/scratch_phys"), hexlines(m, f"{KHO}/scratch_len"), strict=True)
+    )
 
 
 def memblock(m: MountedMachine, path: str) -> list[tuple[int, int, str, str]]:
@@ -216,9 +218,11 @@ def seed_flow(tmp_path: Path, files, nodes: int) -> None:
         assert len_before == "0x20000000\n" + "0x10000000\n" * nodes
         assert phys_before.count("\n") == nodes + 1
 
-        ok(m, 'dd if="$1" of=machine/reserve_mem/trace bs=1M conv=notrunc status=none', str(
-            files["data"]
-        ))
+        ok(
+            m,
+            'dd if="$1" of=machine/reserve_mem/trace bs=1M conv=notrunc status=none',
+            str(files["data"]),
+        )
         expected = hashlib.sha256(files["data"].read_bytes() + bytes(60 * SZ_1M)).hexdigest()
         assert sha256_of(m, "machine/reserve_mem/trace") == expected
 
@@ -235,7 +239,7 @@ def seed_flow(tmp_path: Path, files, nodes: int) -> None:
         assert ok(m, f"cat {LOADED}") == "1\n"
         kexec(m, "-e")
 
-        ok(m, 'test -f {0}/dt_fw && cmp "$1" {0}/dt_fw'.format(FW), str(tmp_path / "dt.saved"))
+        ok(m, f'test -f {FW}/dt_fw && cmp "$1" {FW}/dt_fw', str(tmp_path / "dt.saved"))
         assert ok(m, f"stat -c '%a %s' {FW}/dt_fw") == f"444 {len(dt)}\n"
         assert ok(m, f"cat {KHO}/active") == "0\n"
         assert ok(m, f"cat {LOADED}") == "0\n"
@@ -576,9 +580,10 @@ def test_item_21_reserve_mem_region(tmp_path):
         assert ok(m, "stat -c '%a %s' machine/reserve_mem/oops") == f"600 {SZ_16M}\n"
         activate(m)
         raw = bytes.fromhex(
-            "".join(f"{int(b, 16):02x}" for b in ok(
-                m, f"fdtget -t bx {KHO}/dt /reserve_mem/oops mem"
-            ).split())
+            "".join(
+                f"{int(b, 16):02x}"
+                for b in ok(m, f"fdtget -t bx {KHO}/dt /reserve_mem/oops mem").split()
+            )
         )
         assert raw == struct.pack("<QQ", start, 0x1000000)
         assert ok(m, f"fdtget {KHO}/dt /reserve_mem/oops compatible") == "reserve_mem_map-v1\n"
@@ -652,15 +657,17 @@ def test_item_24_segments_in_scratch_and_eaddrnotavail(tmp_path, files):
         finally:
             os.close(fd)
         assert len(found) == 1, [hex(a) for a in found]
-        ok(m, f'dd if=dev/mem bs=64K skip={found[0] >> 16} count=1 status=none | cmp - "$1"',
-           str(files["image"]))
+        ok(
+            m,
+            f'dd if=dev/mem bs=64K skip={found[0] >> 16} count=1 status=none | cmp - "$1"',
+            str(files["image"]),
+        )
         assert kinds == {"fdt"}
 
     with mounted(tmp_path, memory="16G", cmdline="kho=on kho_scratch=2M,2M") as m:
         activate(m)
         for expect in ("0\n", "1\n"):
-            r = kho_fs("kexec", "-l", str(files["big"]), "-s", "--reuse-cmdline",
-                       root=m.mountpoint)
+            r = kho_fs("kexec", "-l", str(files["big"]), "-s", "--reuse-cmdline", root=m.mountpoint)
             assert r.returncode != 0
             assert r.stderr == "kexec_file_load failed: Cannot assign requested address\n"
             assert ok(m, f"cat {LOADED}") == expect
@@ -852,7 +859,9 @@ def test_item_34_handover_with_kho_off(tmp_path, files):
     with mounted(tmp_path, memory="16G", cmdline="kho=on reserve_mem=16M:4096:oops") as m:
         region = status_regions(m)["oops"]
         activate(m)
-        kexec(m, "-l", str(files["image"]), "-s", "--command-line=kho=off reserve_mem=16M:4096:oops")
+        kexec(
+            m, "-l", str(files["image"]), "-s", "--command-line=kho=off reserve_mem=16M:4096:oops"
+        )
         kexec(m, "-e")
         assert not exists(m, KHO) and not exists(m, FW)
         log = dmesg(m)
@@ -868,8 +877,11 @@ def test_item_34_handover_with_kho_off(tmp_path, files):
 
 def test_three_kexecs_in_a_row(tmp_path, files):
     with mounted(tmp_path, memory="16G", cmdline=SEED) as m:
-        ok(m, 'dd if="$1" of=machine/reserve_mem/trace bs=1M conv=notrunc status=none',
-           str(files["data"]))
+        ok(
+            m,
+            'dd if="$1" of=machine/reserve_mem/trace bs=1M conv=notrunc status=none',
+            str(files["data"]),
+        )
         sha = sha256_of(m, "machine/reserve_mem/trace")
         region = status_regions(m)["trace"]
         areas = scratch(m)
@@ -953,8 +965,11 @@ def test_kexec_cli_errors(tmp_path, files):
 
 def test_cold_reboot_clears_memory(tmp_path, files):
     with mounted(tmp_path, memory="16G", cmdline=SEED) as m:
-        ok(m, 'dd if="$1" of=machine/reserve_mem/trace bs=1M conv=notrunc status=none',
-           str(files["data"]))
+        ok(
+            m,
+            'dd if="$1" of=machine/reserve_mem/trace bs=1M conv=notrunc status=none',
+            str(files["data"]),
+        )
         activate(m)
         kexec(m, "-l", str(files["image"]), "-s", "--reuse-cmdline")
         kexec(m, "-e")
