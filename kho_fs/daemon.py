@@ -90,7 +90,6 @@ def build_profile(
     ValueError on a bad configuration; CommandError for state-file problems.
     """
     from kho_fs.model.machine import DEFAULT_CMDLINE, Machine
-    from kho_fs.state import StateError, load_machine
     from kho_fs.tree.profile_v4 import V4Profile
 
     if cmdline is not None:  # the model's text stands for the bytes the shell passed
@@ -103,6 +102,8 @@ def build_profile(
                 "drop --memory/--nodes/--cmdline (or remove the file)",
                 EXIT_USAGE,
             )
+        from kho_fs.state import StateError, load_machine  # only a --state mount needs it
+
         try:
             return V4Profile(load_machine(state_path), state_path=state_path)
         except StateError as exc:

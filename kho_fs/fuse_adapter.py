@@ -22,6 +22,9 @@ Cache policy:
 - There is no ``flush`` handler: pyfuse3 answers ENOSYS once and the kernel stops sending
   FLUSH, which saves one round trip per ``close()``.  Nothing is buffered (every write
   is stored before it returns), so a close has nothing to report.
+- A directory listing is taken at opendir, but an entry whose node was removed since
+  is never sent (READDIRPLUS replies become dcache entries): it is replaced by the
+  node now at that name, or skipped.
 - Every file is opened with ``keep_cache`` off and the node's ``direct_io`` flag (true
   for all kho-fs files), so file data is never served from the page cache.
 
@@ -312,8 +315,18 @@ class Operations(pyfuse3.Operations):
             listing = self._dirs[fh]
         except KeyError:
             raise pyfuse3.FUSEError(errno.EBADF) from None
+        await self._sync()
+        directory = listing[0][1]
         for index in range(start_id, len(listing)):
             name, node = listing[index]
+            if node.removed and name not in (b".", b".."):
+                # The listing was taken at opendir; the kernel links every entry of a
+                # READDIRPLUS reply into its dcache (for an hour), after the invalidation
+                # of the removed entry was already sent.  So list what is there now.
+                current = self.tree.lookup(directory, os.fsdecode(name))
+                if current is None:
+                    continue
+                node = current
             if not pyfuse3.readdir_reply(token, name, self._attrs(node), index + 1):
                 break
             # The kernel links (and later forgets) every entry but "." and "..".

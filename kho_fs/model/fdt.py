@@ -12,7 +12,7 @@ memory-reservation entries across instances and rejects NOP tags (see docs/decis
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import libfdt
@@ -24,6 +24,7 @@ FDT_ERR_NOSPACE = 3
 FDT_ERR_BADSTATE = 7
 FDT_ERR_TRUNCATED = 8
 FDT_ERR_BADMAGIC = 9
+FDT_SW_INITIAL = 64 << 10  # first buffer of a sequential-write tree (grows up to dt_max)
 
 
 def fdt_strerror(err: int) -> str:
@@ -35,23 +36,44 @@ class FdtSw:
 
     Every method returns 0 or a negative libfdt error, like the C functions, so callers
     (the KHO core and its participants) can reproduce the kernel's error reporting.
+
+    The kernel allocates all ``size`` bytes (``dt_max``, up to 2 GiB) up front; the model
+    starts with at most :data:`FDT_SW_INITIAL` bytes and moves the tree into a buffer twice
+    as large (``fdt_resize``, capped at ``size``) whenever a call reports no space. libfdt
+    changes nothing when it reports no space, and whether a call fits depends only on the
+    bytes already written, never on where the free space lies, so every result and every
+    byte is the one a ``size``-byte buffer gives, without allocating and zeroing ``dt_max``
+    bytes on each activation.
     """
 
     def __init__(self, size: int) -> None:
-        self._buf = bytearray(size)
-        self.create_error = int(libfdt.fdt_create(self._buf, size))
+        self.size = size
+        first = min(size, FDT_SW_INITIAL)
+        self._buf = bytearray(first)
+        self.create_error = int(libfdt.fdt_create(self._buf, first))
+
+    def _sw(self, call: Callable[[], int]) -> int:
+        """Run one sequential-write call, growing the buffer while it runs out of space."""
+        err = int(call())
+        while err == -FDT_ERR_NOSPACE and len(self._buf) < self.size:
+            bigger = bytearray(min(self.size, 2 * len(self._buf)))
+            if libfdt.fdt_resize(self._buf, bigger, len(bigger)):
+                break
+            self._buf = bigger
+            err = int(call())
+        return err
 
     def finish_reservemap(self) -> int:
-        return int(libfdt.fdt_finish_reservemap(self._buf))
+        return self._sw(lambda: libfdt.fdt_finish_reservemap(self._buf))
 
     def begin_node(self, name: str) -> int:
         """``fdt_begin_node``; ``name`` is latin-1 text standing for raw bytes."""
         if name.isascii():
-            return int(libfdt.fdt_begin_node(self._buf, name))
+            return self._sw(lambda: libfdt.fdt_begin_node(self._buf, name))
         # The binding encodes text as UTF-8; write a same-length placeholder and patch
         # the raw bytes in, so a name from the command line lands byte for byte.
         raw = name.encode("latin-1")
-        err = int(libfdt.fdt_begin_node(self._buf, "x" * len(raw)))
+        err = self._sw(lambda: libfdt.fdt_begin_node(self._buf, "x" * len(raw)))
         if err == 0:
             end = libfdt.fdt_off_dt_struct(self._buf) + libfdt.fdt_size_dt_struct(self._buf)
             start = end - ((len(raw) + 1 + 3) & ~3)
@@ -60,17 +82,17 @@ class FdtSw:
 
     def property(self, name: str, value: bytes) -> int:
         """``fdt_property``: a raw byte value, written as given."""
-        return int(libfdt.fdt_property_stub(self._buf, name, value, len(value)))
+        return self._sw(lambda: libfdt.fdt_property_stub(self._buf, name, value, len(value)))
 
     def property_string(self, name: str, value: str) -> int:
         """``fdt_property_string``: the string plus its NUL terminator."""
         return self.property(name, value.encode("latin-1") + b"\0")
 
     def end_node(self) -> int:
-        return int(libfdt.fdt_end_node(self._buf))
+        return self._sw(lambda: libfdt.fdt_end_node(self._buf))
 
     def finish(self) -> int:
-        return int(libfdt.fdt_finish(self._buf))
+        return self._sw(lambda: libfdt.fdt_finish(self._buf))
 
     def check_header(self) -> int:
         return int(libfdt.fdt_check_header(self._buf))

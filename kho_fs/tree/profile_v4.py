@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
-from kho_fs.model.cmdline import kstrtoull
+from kho_fs.model.cmdline import isspace, kstrtoull
 from kho_fs.model.errors import KernelError
 from kho_fs.model.kernel import Kernel
 from kho_fs.model.machine import Machine
 from kho_fs.model.memblock import memblock_debug_show
+from kho_fs.model.physmem import PhysicalMemory
 from kho_fs.tree.nodes import (
     BinaryAttribute,
     ControlFile,
@@ -140,7 +141,7 @@ class V4Profile:
         yield entry("proc/cmdline", lambda: ProcFile(0o444, lambda: k.cmdline + "\n"))
         yield entry(
             "dev/mem",
-            lambda: RegionFile(0o600, lambda: mem.end, mem.read, _dev_mem_write(mem.write)),
+            lambda: RegionFile(0o600, lambda: mem.end, mem.read, _dev_mem_write(mem)),
         )
         windows = [(f"machine/reserve_mem/{r.name}", r.start, r.size) for r in k.reserve_mem.table]
         windows += [
@@ -200,14 +201,14 @@ class V4Profile:
 
     def _kexec_control(self, buf: bytes) -> None:
         """``kexec_file_load [FLAGS]``, ``kexec_load``, ``unload`` or ``exec``."""
-        words = _c_string(buf).split()
-        if not words or words[0] not in KEXEC_COMMANDS or len(words) > 2:
+        words = _words(_c_string(buf))
+        if not words or words[0] not in KEXEC_COMMANDS:
             raise KernelError(errno.EINVAL, f"expected one of {', '.join(KEXEC_COMMANDS)}")
         cmd = words[0]
+        if len(words) > (2 if cmd == "kexec_file_load" else 1):
+            raise KernelError(errno.EINVAL, f"{cmd}: too many arguments")
         kexec = self.kernel.kexec
         if cmd == "exec":
-            if len(words) > 1:
-                raise KernelError(errno.EINVAL, "exec takes no argument")
             self.machine.kexec_exec()
             return
         if cmd == "unload":
@@ -226,9 +227,25 @@ def _c_string(buf: bytes) -> str:
     return buf.split(b"\0", 1)[0].decode("latin-1")
 
 
-def _dev_mem_write(write: Callable[[int, bytes], None]) -> Callable[[int, bytes], int]:
+def _words(text: str) -> list[str]:
+    """Split at the kernel's ``isspace`` (Python's ``str.split`` also splits at
+    0x1c-0x1f and 0x85, which would accept ``unload\\x85``)."""
+    spaced = "".join(" " if isspace(c) else c for c in text)
+    return [w for w in spaced.split(" ") if w]
+
+
+def _dev_mem_write(mem: PhysicalMemory) -> Callable[[int, bytes], int]:
+    """``write_mem``: the write may cross from one RAM range into the next when they
+    touch (a NUMA node boundary); any byte outside RAM fails the whole write (EFAULT)."""
+
     def dev_mem_write(offset: int, data: bytes) -> int:
-        write(offset, data)
+        end = offset + len(data)
+        pieces = [(max(r.start, offset), min(r.end, end)) for r in mem.ram]
+        pieces = [(a, b) for a, b in pieces if a < b]
+        if sum(b - a for a, b in pieces) != len(data):
+            raise KernelError(errno.EFAULT, f"[{offset:#x}, {end:#x}) is not all RAM")
+        for a, b in pieces:
+            mem.write(a, data[a - offset : b - offset])
         return len(data)
 
     return dev_mem_write

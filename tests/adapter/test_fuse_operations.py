@@ -310,3 +310,24 @@ async def test_statfs_and_bad_handles(fs):
     assert (stats.f_bsize, stats.f_blocks, stats.f_files, stats.f_namemax) == (4096, 0, 0, 255)
     assert await fuse_errno(fs.ops.read(12345, 0, 1)) == errno.EBADF
     assert await fuse_errno(fs.ops.getattr(12345, ROOT_CTX)) == errno.ENOENT
+
+
+async def test_readdir_never_replies_with_a_node_removed_since_opendir(fs, monkeypatch):
+    """The kernel links READDIRPLUS entries into its dcache: a removed node sent from the
+    opendir-time listing would outlive the invalidation already sent for it."""
+    replies: list[tuple[bytes, int]] = []
+
+    def reply(token, name, attrs, next_id):
+        replies.append((name, attrs.st_ino))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    await fs.echo("sys/kernel/kho/active", b"1")
+    kho = await fs.walk("sys/kernel/kho")
+    fh = await fs.ops.opendir(kho.st_ino, ROOT_CTX)
+    await fs.echo("sys/kernel/kho/active", b"0")  # dt removed after the listing was taken
+    await fs.ops.readdir(fh, 0, None)
+    await fs.ops.releasedir(fh)
+    assert [name for name, _ in replies] == [b".", b"..", b"active", b"scratch_phys"]
+    for name, ino in replies[2:]:
+        assert (await fs.walk(f"sys/kernel/kho/{name.decode()}")).st_ino == ino

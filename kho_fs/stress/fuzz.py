@@ -1,0 +1,1494 @@
+"""Fuzz every writable file of a live mount and judge each answer by the spec alone.
+
+The campaign drives a mounted machine the way a careless or hostile root process would:
+random payloads (empty to 8 KiB, NUL bytes, non-UTF-8, numbers at every boundary, valid
+values often enough that activations, aborts, loads and ``dt_max`` changes really
+happen) at random offsets, mostly through one long-lived descriptor per file
+(``os.pwrite``, so tens of thousands of writes take seconds), sometimes through a fresh
+``open`` with ``O_TRUNC``/``O_APPEND``/``O_RDWR``, plus ``ftruncate`` and probes of the
+files that must refuse writing.
+
+Every outcome is predicted *before* the write by a small oracle written from
+``shared/spec/kho-v4.md`` and ``docs/decisions.md`` -- never from the model's code, so a
+bug shared by model and oracle would need to be written twice.  The oracle keeps the
+expected state (``active``, ``dt_max``, ``kexec_loaded``, the firmware command line, the
+staging files and a shadow copy of every physical page the campaign wrote) and the
+campaign compares it with what the mount shows at regular checkpoints, together with the
+invariants that must hold whatever was written (memblock lists sorted and disjoint and
+unchanged, ``dt`` present exactly while active, scratch table unchanged, one dmesg line
+per failed activation with the spec's error number).
+
+Two steps are taken on purpose, never at random: one KHO kexec (activate, load, ``exec``;
+the regions must come back at the same address with the bytes the fuzzer wrote) and one
+cold reboot (RAM must read as zeros afterwards).  ``machine/reboot`` and ``exec`` are
+otherwise never written: the generator refuses any control payload that would run
+``exec``.
+
+Where the spec leaves the answer open, the prediction is a documented set (a kexec load
+with both an empty kernel and an over-long command line may give EINVAL or ENOEXEC) or the
+input is not generated (``O_APPEND`` on windows onto memory, see ``fresh_flags``).
+
+Use :data:`FUZZ_CMDLINE`, :data:`FUZZ_MEMORY` and :data:`FUZZ_NODES` for the mount; the
+oracle's RAM map and FDT sizes are computed for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import itertools
+import os
+import random
+import re
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+__all__ = [
+    "FUZZ_CMDLINE",
+    "FUZZ_MEMORY",
+    "FUZZ_NODES",
+    "FUZZ_REGIONS",
+    "FuzzReport",
+    "Refused",
+    "Unexpected",
+    "c_string",
+    "kho_fdt_size",
+    "kho_serialize_error",
+    "kstrtobool",
+    "kstrtoull",
+    "q35_ram_map",
+    "run_fuzz",
+    "sysfs_store_buffer",
+]
+
+#: Installed RAM of the fuzzed machine: 8 GiB gives RAM up to 10 GiB (decisions.md).
+FUZZ_MEMORY = "8G"
+#: Two nodes, so RAM has a node boundary (at 6 GiB) that ``dev/mem`` writes may straddle.
+FUZZ_NODES = 2
+#: Two regions with one-character names (FDT 307 bytes), explicit scratch sizes.
+FUZZ_CMDLINE = "reserve_mem=2M:4096:a reserve_mem=1M:64:b kho=on kho_scratch=512M,256M"
+#: What FUZZ_CMDLINE must give (spec 2.4): name -> size.
+FUZZ_REGIONS = {"a": 2 << 20, "b": 1 << 20}
+_FUZZ_SCRATCH_LEN = [512 << 20] + [256 << 20] * FUZZ_NODES  # spec 2.3 and 10 item 4
+
+PAGE_SIZE = 4096
+U64_MAX = (1 << 64) - 1
+INT_MAX = (1 << 31) - 1
+KHO_DT_MAX_DEFAULT = 10 << 20  # spec 3.4
+COMMAND_LINE_SIZE = 2048  # decisions.md: at most 2047 bytes
+KEXEC_STAGING_MAX = {"kernel": 1 << 30, "initrd": 1 << 30, "cmdline": 4096}  # decisions.md
+KEXEC_FILE_UNLOAD, KEXEC_FILE_ON_CRASH, KEXEC_FILE_NO_INITRAMFS = 0x1, 0x2, 0x4  # spec 9.1
+KEXEC_COMMANDS = (b"kexec_file_load", b"kexec_load", b"unload", b"exec")
+FDT_MAGIC = b"\xd0\x0d\xfe\xed"
+
+KHO = "sys/kernel/kho"
+ACTIVE, DT_MAX, DT = f"{KHO}/active", f"{KHO}/dt_max", f"{KHO}/dt"
+DT_FW = "sys/firmware/kho/dt_fw"
+LOADED = "sys/kernel/kexec_loaded"
+MEMBLOCK = "sys/kernel/debug/memblock"
+DEV_MEM = "dev/mem"
+CONTROL = "machine/kexec/control"
+COLD_CMDLINE = "machine/cmdline"
+STAGING = {name: f"machine/kexec/{name}" for name in KEXEC_STAGING_MAX}
+
+
+# -- the oracle: spec rules, written independently of the model ----------------------------
+
+
+class Refused(Exception):
+    """A parser or store refuses its input with ``errno`` (the kernel's negative return)."""
+
+    def __init__(self, err: int) -> None:
+        super().__init__(errno.errorcode.get(err, str(err)))
+        self.errno = err
+
+
+def c_string(buf: bytes) -> bytes:
+    """Spec 3.2: stores parse the buffer as a C string, which ends at the first NUL."""
+    return buf.split(b"\0", 1)[0]
+
+
+def sysfs_store_buffer(data: bytes) -> bytes:
+    """Spec 3.2 Decision (b): one write is one store of its first min(len, 4096) bytes."""
+    return data[:PAGE_SIZE]
+
+
+def kstrtobool(buf: bytes) -> bool:
+    """Spec 2.6 (v6.14): the first one or two characters decide; ``e``/``d`` are errors."""
+    s = c_string(buf)
+    first, second = s[:1], s[1:2]
+    if first and first in b"YyTt1":
+        return True
+    if first and first in b"NnFf0":
+        return False
+    if first and first in b"Oo" and second:
+        if second in b"Nn":
+            return True
+        if second in b"Ff":
+            return False
+    raise Refused(errno.EINVAL)
+
+
+_DIGITS = {
+    8: frozenset(b"01234567"),
+    10: frozenset(b"0123456789"),
+    16: frozenset(b"0123456789abcdefABCDEF"),
+}
+
+
+def kstrtoull(buf: bytes) -> int:
+    """Spec 2.7: kstrtoull with base 0 over a C string.
+
+    One ``+``; ``0x`` + hex digit is hex, a leading ``0`` octal, else decimal; at least one
+    digit; above 2^64 - 1 is ERANGE (checked before the tail); then at most one ``\\n``.
+    """
+    s = c_string(buf)
+    i = 1 if s[:1] == b"+" else 0
+    if s[i : i + 2] in (b"0x", b"0X") and s[i + 2 : i + 3] and s[i + 2] in _DIGITS[16]:
+        base, i = 16, i + 2
+    elif s[i : i + 1] == b"0":
+        base = 8
+    else:
+        base = 10
+    j = i
+    while j < len(s) and s[j] in _DIGITS[base]:
+        j += 1
+    if j == i:
+        raise Refused(errno.EINVAL)
+    if int(s[i:j], base) > U64_MAX:
+        raise Refused(errno.ERANGE)
+    if s[j:] not in (b"", b"\n"):
+        raise Refused(errno.EINVAL)
+    return int(s[i:j], base)
+
+
+def kho_fdt_size(names: Iterable[str]) -> int:
+    """Spec 5.5: the FDT's total size for reserve_mem regions with these names."""
+    names = list(names)
+    if not names:
+        return 111
+    return 163 + sum(68 + 4 * -(-(len(n.encode("latin-1")) + 1) // 4) for n in names)
+
+
+def kho_serialize_error(dt_max: int, names: Iterable[str]) -> int:
+    """Spec 4.3: the error ``echo 1 > active`` logs for this ``dt_max`` (0: success)."""
+    names = list(names)
+    total = kho_fdt_size(names)
+    if dt_max > INT_MAX:
+        return -errno.ENOMEM
+    if dt_max < 48:
+        return -errno.EINVAL
+    if dt_max < 103:
+        return -3  # -FDT_ERR_NOSPACE
+    if names and dt_max < total - 8:
+        return -1  # NOTIFY_BAD from the reserve_mem participant
+    if dt_max < total:
+        return -3
+    return 0
+
+
+def q35_ram_map(installed: int) -> list[tuple[int, int]]:
+    """decisions.md RAM map: ``[0, 0x9f000)``, ``[1 MiB, lowmem)``, ``[4 GiB, ...)``."""
+    lowmem = installed if installed < 0xB0000000 else 2 << 30
+    ranges = [(0, 0x9F000), (1 << 20, lowmem)]
+    if installed > lowmem:
+        ranges.append((4 << 30, (4 << 30) + installed - lowmem))
+    return ranges
+
+
+def _kernel_words(text: bytes) -> list[bytes]:
+    """Words of a control command, split at the kernel's ``isspace`` (C set plus 0xA0)."""
+    for c in b"\t\n\v\f\r\xa0":
+        text = text.replace(bytes([c]), b" ")
+    return [w for w in text.split(b" ") if w]
+
+
+def _parse_size(text: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([KMGT]?)", text).groups()  # type: ignore[union-attr]
+    return int(number) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[unit]
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unexpected:
+    """One write whose outcome differs from the oracle's prediction."""
+
+    index: int
+    path: str
+    operation: str
+    payload: str
+    expected: str
+    got: str
+
+
+@dataclass
+class FuzzReport:
+    """What a campaign did and what went wrong; ``ok`` is the verdict."""
+
+    seed: int
+    writes: int = 0
+    truncates: int = 0
+    read_opens: int = 0  # probes that open write-only files for reading
+    seconds: float = 0.0
+    per_file: Counter[str] = field(default_factory=Counter)
+    per_result: Counter[str] = field(default_factory=Counter)  # "ok" or an errno name
+    events: Counter[str] = field(default_factory=Counter)  # activations, loads, ...
+    unexpected: list[Unexpected] = field(default_factory=list)
+    invariant_failures: list[str] = field(default_factory=list)
+    checkpoints: int = 0
+    daemon_pid: int | None = None
+    daemon_alive: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.unexpected and not self.invariant_failures and self.daemon_alive
+
+    def summary(self, limit: int = 20) -> str:
+        lines = [
+            f"seed {self.seed}: {self.writes} writes, {self.truncates} truncates, "
+            f"{self.read_opens} read-opens in "
+            f"{self.seconds:.1f} s, {self.checkpoints} checkpoints, daemon pid "
+            f"{self.daemon_pid} {'alive' if self.daemon_alive else 'NOT alive'}",
+            "per file: " + ", ".join(f"{k} {v}" for k, v in sorted(self.per_file.items())),
+            "results: " + ", ".join(f"{k} {v}" for k, v in self.per_result.most_common()),
+            "events: " + ", ".join(f"{k} {v}" for k, v in sorted(self.events.items())),
+        ]
+        lines += [f"unexpected: {u}" for u in self.unexpected[:limit]]
+        lines += [f"invariant: {f}" for f in self.invariant_failures[:limit]]
+        return "\n".join(lines)
+
+
+def _name(result: int) -> str:
+    return str(result) if result >= 0 else errno.errorcode.get(-result, str(-result))
+
+
+def _short(payload: bytes, limit: int = 48) -> str:
+    if len(payload) <= limit:
+        return repr(payload)
+    return f"{payload[:limit]!r}... ({len(payload)} bytes)"
+
+
+# -- expected state --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Prediction:
+    """The acceptable results (count >= 0 or -errno) and the effect of a matching one."""
+
+    results: frozenset[int]
+    effect: Callable[[int], None] | None = None
+
+
+def _expect(*results: int, effect: Callable[[int], None] | None = None) -> _Prediction:
+    return _Prediction(frozenset(results), effect)
+
+
+class _Shadow:
+    """The expected bytes of every physical page the campaign touched.
+
+    A page is loaded through the mount (``dev/mem``) the first time a write is about to
+    touch it, so only the campaign's own writes explain any later difference.
+    """
+
+    def __init__(self, load: Callable[[int, int], bytes]) -> None:
+        self._load = load
+        self.pages: dict[int, bytearray] = {}
+
+    def ensure(self, addr: int, size: int) -> None:
+        wanted = range(addr // PAGE_SIZE, -(-(addr + size) // PAGE_SIZE))
+        for first, count in _runs(p for p in wanted if p not in self.pages):
+            data = self._load(first * PAGE_SIZE, count * PAGE_SIZE)
+            for i in range(count):
+                self.pages[first + i] = bytearray(data[i * PAGE_SIZE : (i + 1) * PAGE_SIZE])
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.ensure(addr, len(data))
+        pos = 0
+        while pos < len(data):
+            page, off = divmod(addr + pos, PAGE_SIZE)
+            n = min(PAGE_SIZE - off, len(data) - pos)
+            self.pages[page][off : off + n] = data[pos : pos + n]
+            pos += n
+
+    def read(self, addr: int, size: int) -> bytes:
+        self.ensure(addr, size)
+        out = bytearray()
+        for page in range(addr // PAGE_SIZE, -(-(addr + size) // PAGE_SIZE)):
+            out += self.pages[page]
+        start = addr % PAGE_SIZE
+        return bytes(out[start : start + size])
+
+    def drop(self, keep: Callable[[int], bool]) -> None:
+        self.pages = {p: b for p, b in self.pages.items() if keep(p * PAGE_SIZE)}
+
+
+def _runs(pages: Iterable[int]) -> Iterator[tuple[int, int]]:
+    """(first, count) of each run of consecutive page numbers, in ascending order."""
+    first = prev = -2
+    for p in sorted(pages):
+        if p != prev + 1:
+            if first >= 0:
+                yield first, prev - first + 1
+            first = p
+        prev = p
+    if first >= 0:
+        yield first, prev - first + 1
+
+
+@dataclass
+class _Expected:
+    """What the spec says the machine now is, as far as the campaign changed it."""
+
+    active: bool = False
+    dt_max: int = KHO_DT_MAX_DEFAULT
+    kexec_loaded: bool = False
+    handover: bool = False
+    cold_cmdline: bytes = b""
+    staging: dict[str, bytearray] = field(default_factory=dict)
+    serialize_log: list[int] = field(default_factory=list)  # this boot's failed activations
+
+
+# -- payloads --------------------------------------------------------------------------------
+
+
+_NUMBER_ODDITIES = (
+    b"", b"0x", b"0X", b"08", b"09", b"0", b"+", b"-", b"0x\n", b"0xg", b"\n", b"4K", b"\xff1",
+    b"1\xff", b"\xc3\xa9", b"0x100\n", b"+256", b"0400", b" 1", b"-1", b"0x10\0\n\n",
+)  # fmt: skip
+_BOOL_INVALID = (
+    b"2", b"enable", b"disable", b"e", b"d", b"E", b"D", b" 1", b"\n", b"o", b"O", b"o\n", b"ox",
+    b"\t0", b"-1", b"+1", b"\x001", b"\xff", b"\xc3\xa9", b"", b"x", b"o\0n", b"O\0f",
+)  # fmt: skip
+_COMMAND_WORDS = (
+    b"unload", b"kexec_load", b"kexec_file_load", b"kexec_file_load", b"exec", b"EXEC",
+    b"Unload", b"kexec_file_loadx", b"kexec-load", b"",
+)  # fmt: skip
+_COMMAND_ARGS = (
+    b"0", b"4", b"1", b"2", b"3", b"5", b"6", b"7", b"8", b"0x4", b"04", b"+4", b"-4", b"0x",
+    b"08", b"99999999999999999999999", b"18446744073709551615", b"18446744073709551616",
+    b"0x10", b"now",
+)  # fmt: skip
+
+# Maps random bytes onto characters the parsers care about (digits, signs, x, y/n/o, ...).
+_NUMBERISH = (b"0123456789xX+-\n \t\0yYnNoO" * 11)[:256]
+
+
+class _Payloads:
+    """Random inputs biased towards the spec's edges."""
+
+    LENGTHS = (0, 1, 2, 3, 7, 8, 15, 16, 63, 64, 511, 512, 4095, 4096, 4097, 8191, 8192)
+
+    def __init__(self, rng: random.Random, fdt_size: int) -> None:
+        self.rng = rng
+        t = fdt_size
+        self.edges = [
+            0, 1, 7, 8, 47, 48, 102, 103, t - 9, t - 8, t - 1, t, t + 1, 111, 239, 4096,
+            KHO_DT_MAX_DEFAULT, INT_MAX, INT_MAX + 1, (1 << 32) - 1, 1 << 32, (1 << 63) - 1,
+            1 << 63, U64_MAX, 1 << 64, (1 << 64) + 1, 10**20, 10**30,
+        ]  # fmt: skip
+        self.good = [t, t + 1, 4096, KHO_DT_MAX_DEFAULT, INT_MAX]
+
+    def length(self) -> int:
+        r = self.rng.random()
+        if r < 0.45:
+            return self.rng.choice(self.LENGTHS)
+        if r < 0.8:
+            return self.rng.randint(1, 64)
+        return self.rng.randint(0, 8192)
+
+    def blob(self, n: int | None = None) -> bytes:
+        n = self.length() if n is None else n
+        kind = self.rng.randrange(6)
+        if kind == 0:
+            return bytes(n)
+        if kind == 1:
+            return b"\xff" * n
+        if kind == 2:
+            return (b"kho\0fuzz\xfe" * (n // 9 + 1))[:n]
+        if kind == 3:
+            return self.rng.randbytes(n).translate(_NUMBERISH)
+        return self.rng.randbytes(n)
+
+    def number(self) -> bytes:
+        rng = self.rng
+        r = rng.random()
+        if r < 0.12:
+            return rng.choice(
+                [
+                    *_NUMBER_ODDITIES,
+                    b"0x1000" + b"\0" * rng.randint(1, 5000),  # spec 10 item 20
+                    b"0" * rng.randint(4090, 4100) + b"17",  # the 4096-byte clamp decides
+                    b"1" + b"0" * rng.randint(15, 25),  # around 2^64
+                    self.blob(),
+                ]
+            )
+        value = rng.choice(self.good) if r < 0.5 else rng.choice(self.edges)
+        if rng.random() < 0.15:
+            value = rng.getrandbits(rng.choice((8, 16, 31, 32, 64, 65)))
+        forms: list[Callable[[int], bytes]] = [
+            lambda v: b"%d" % v,
+            lambda v: b"0x%x" % v,
+            lambda v: b"0X%X" % v,
+            lambda v: b"0x%X" % v,
+            lambda v: b"0%o" % v,
+            lambda v: b"+%d" % v,
+            lambda v: b"+0x%x" % v,
+            lambda v: b"-%d" % v,
+            lambda v: b"++%d" % v,
+            lambda v: b"+-%d" % v,
+        ]
+        weights = [30, 25, 5, 5, 10, 8, 5, 4, 4, 4]
+        text = rng.choices(forms, weights)[0](value)
+        suffix = rng.choices(
+            [b"", b"\n", b"\n\n", b" ", b"\t", b"\0" + self.blob(), b"\n\0junk", b"K", b"x"],
+            [40, 30, 6, 5, 3, 6, 4, 3, 3],
+        )[0]
+        prefix = rng.choices([b"", b" ", b"\t", b"\n", b"\0"], [92, 2, 2, 2, 2])[0]
+        return prefix + text + suffix
+
+    def boolean(self) -> bytes:
+        rng = self.rng
+        r = rng.random()
+        if r < 0.45:
+            token = rng.choice(
+                [b"1", b"y", b"Y", b"t", b"T", b"on", b"ON", b"oN", b"yes", b"true", b"1abc"]
+            )
+        elif r < 0.8:
+            token = rng.choice(
+                [b"0", b"n", b"N", b"f", b"F", b"off", b"OFF", b"oF", b"no", b"false", b"0x"]
+            )
+        else:
+            token = rng.choice(_BOOL_INVALID)
+        suffix = rng.choices(
+            [b"", b"\n", b"\n\n", b"\0" + self.blob(), self.blob(), b" " * rng.randint(4000, 8200)],
+            [40, 35, 5, 8, 8, 4],
+        )[0]
+        return token + suffix
+
+    def command(self) -> bytes:
+        rng = self.rng
+        word = rng.choice(_COMMAND_WORDS)
+        args: list[bytes] = []
+        r = rng.random()
+        if r < 0.45:
+            args.append(rng.choice(_COMMAND_ARGS))
+            if rng.random() < 0.15:
+                args.append(b"extra")
+        sep = rng.choice([b" ", b" ", b"\t", b"  ", b"\xa0", b"\v", b"\f", b"\r", b"\x1c", b"\x85"])
+        text = sep.join([word, *args])
+        if rng.random() < 0.05:
+            text = rng.choice([b" ", b"\t", b"\n"]) + text
+        suffix = rng.choices(
+            [b"", b"\n", b"\n\n", b"\0" + self.blob(), b" ", b"\x85", self.blob()],
+            [30, 40, 5, 8, 5, 4, 8],
+        )[0]
+        return text + suffix
+
+    def cmdline(self) -> bytes:
+        rng = self.rng
+        n = rng.choice([0, 1, 100, 2046, 2047, 2048, 2049, 4095, 4096, 5000])
+        body = rng.choice([b"x" * n, (FUZZ_CMDLINE.encode() + b" ") * (n // 70 + 1), self.blob(n)])
+        body = body[:n]
+        return body + rng.choices([b"", b"\n", b"\n\n\n", b"\0tail"], [40, 40, 10, 10])[0]
+
+
+def _would_run_exec(payload: bytes) -> bool:
+    """Whether any plausible tokenizer reads ``payload`` as the bare ``exec`` command."""
+    text = c_string(payload)
+    return (
+        _kernel_words(text) == [b"exec"]
+        or text.split() == [b"exec"]
+        or text.decode("latin-1").split() == ["exec"]
+    )
+
+
+# -- the campaign ----------------------------------------------------------------------------
+
+
+class _Campaign:
+    """One campaign on one mount: descriptors, the oracle state and the report."""
+
+    CHECK_EVERY = 1000
+    FRESH = 0.06  # share of writes through a fresh open
+
+    def __init__(self, mountpoint: Path, seed: int, report: FuzzReport) -> None:
+        self.mnt = mountpoint
+        self.rng = random.Random(seed)
+        self.report = report
+        self.names = list(FUZZ_REGIONS)
+        self.fdt_size = kho_fdt_size(self.names)
+        self.gen = _Payloads(self.rng, self.fdt_size)
+        self.ram = q35_ram_map(_parse_size(FUZZ_MEMORY))
+        self.mem_end = self.ram[-1][1]
+        self.node_boundary = self._node_boundary()
+        self.state = _Expected()
+        self.fds: dict[str, int] = {}
+        self.dt_fd: int | None = None
+        self.shadow = _Shadow(self._load_phys)
+        self.regions: dict[str, tuple[int, int]] = {}
+        self.scratch: list[tuple[int, int]] = []
+        self.memblock: dict[str, list[str]] = {}
+        self.pool: list[int] = []
+
+    # -- small I/O helpers -----------------------------------------------------------------
+    def p(self, rel: str) -> Path:
+        return self.mnt / rel
+
+    def read(self, rel: str, limit: int = 1 << 22) -> bytes:
+        fd = os.open(self.p(rel), os.O_RDONLY)
+        try:
+            return _pread_all(fd, 0, limit)
+        finally:
+            os.close(fd)
+
+    def fail(self, message: str) -> None:
+        self.report.invariant_failures.append(f"after {self.report.writes} writes: {message}")
+
+    def _load_phys(self, addr: int, size: int) -> bytes:
+        data = _pread_all(self.fds[DEV_MEM], addr, size)
+        return data + bytes(size - len(data))
+
+    def _node_boundary(self) -> int:
+        """Where node 1 starts: nodes get equal shares of installed RAM in address order,
+        in 128 MiB multiples (decisions.md); the lost legacy hole counts as installed, so
+        installed bytes below 4 GiB are addresses and the rest continues at 4 GiB."""
+        share = _parse_size(FUZZ_MEMORY) // FUZZ_NODES // (128 << 20) * (128 << 20)
+        lowmem = self.ram[1][1]
+        return share if share < lowmem else (4 << 30) + share - lowmem
+
+    def in_ram(self, addr: int, size: int) -> bool:
+        """Inside RAM as a whole: touching ranges would count as one (none touch here)."""
+        return any(start <= addr and addr + size <= end for start, end in self.ram)
+
+    # -- setup per boot ----------------------------------------------------------------------
+    def open_kernel_files(self) -> None:
+        """Descriptors on the running kernel's files (new instances after every boot)."""
+        for rel in (ACTIVE, DT_MAX):
+            self.fds[rel] = os.open(self.p(rel), os.O_WRONLY)
+        for rel in (*self.region_paths(), DEV_MEM):
+            self.fds[rel] = os.open(self.p(rel), os.O_RDWR)
+
+    def open_machine_files(self) -> None:
+        self.fds[CONTROL] = os.open(self.p(CONTROL), os.O_WRONLY)
+        self.fds[COLD_CMDLINE] = os.open(self.p(COLD_CMDLINE), os.O_WRONLY)
+        for rel in STAGING.values():
+            self.fds[rel] = os.open(self.p(rel), os.O_RDWR)
+
+    def close_kernel_files(self) -> None:
+        for rel in (ACTIVE, DT_MAX, *self.region_paths(), DEV_MEM):
+            fd = self.fds.pop(rel, None)
+            if fd is not None:
+                os.close(fd)
+        self.close_dt()
+
+    def close_all(self) -> None:
+        self.close_kernel_files()
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def close_dt(self) -> None:
+        if self.dt_fd is not None:
+            os.close(self.dt_fd)
+            self.dt_fd = None
+
+    def region_paths(self) -> list[str]:
+        return [f"machine/reserve_mem/{name}" for name in self.names]
+
+    def learn_boot(self) -> None:
+        """Read what the spec leaves to the machine (addresses) and check the boot state."""
+        status = self.read("machine/status").decode("latin-1")
+        found = {
+            m[1]: (int(m[2], 16), int(m[3], 16))
+            for m in re.finditer(
+                r"^reserve_mem: (\S+)\s+(0x[0-9a-f]+) \+ (0x[0-9a-f]+)$", status, re.M
+            )
+        }
+        if {n: s for n, (_, s) in found.items()} != FUZZ_REGIONS:
+            if not self.regions:
+                raise ValueError(f"mount the campaign with cmdline={FUZZ_CMDLINE!r}: {found}")
+            raise _StepFailed(f"regions after the boot: {found}")
+        if self.regions and found != self.regions:
+            self.fail(f"regions moved across the boot: {self.regions} -> {found}")
+        self.regions = found
+        listing = sorted(os.listdir(self.p("machine/reserve_mem")))
+        if listing != sorted(self.names):
+            self.fail(f"machine/reserve_mem lists {listing}")
+        phys, lens = (self._hexlines(f"{KHO}/{f}") for f in ("scratch_phys", "scratch_len"))
+        if lens != _FUZZ_SCRATCH_LEN or len(phys) != len(lens):
+            self.fail(f"scratch_len {lens}, scratch_phys {phys}")
+        scratch = list(zip(phys, lens, strict=False))
+        if self.scratch and scratch != self.scratch:
+            self.fail(f"scratch table changed across the boot: {self.scratch} -> {scratch}")
+        self.scratch = scratch
+        self.memblock = {f: self._memblock_lines(f) for f in ("memory", "reserved")}
+        self.check_memblock_shape()
+        if not self.pool:  # random RAM pages for dev/mem writes, fixed for the campaign
+            self.pool = [self._random_ram_page() for _ in range(48)]
+
+    def _random_ram_page(self) -> int:
+        start, end = self.rng.choice(self.ram)
+        return self.rng.randrange(start, end, PAGE_SIZE)
+
+    def _hexlines(self, rel: str) -> list[int]:
+        text = self.read(rel).decode("latin-1")
+        if not re.fullmatch(r"(0x[0-9a-f]+\n)+", text):
+            self.fail(f"{rel} reads {text!r}")
+            return []
+        return [int(x, 16) for x in text.split()]
+
+    def _memblock_lines(self, which: str) -> list[str]:
+        return self.read(f"{MEMBLOCK}/{which}").decode("latin-1").splitlines()
+
+    # -- executing one write ---------------------------------------------------------------
+    def attempt(
+        self,
+        rel: str,
+        payload: bytes,
+        offset: int,
+        predict: Callable[[], _Prediction],
+        *,
+        flags: int | None = None,
+    ) -> int:
+        """One write through the long-lived descriptor, or through a fresh open with
+        ``flags``; the prediction is made right before (it may load shadow pages)."""
+        pred = predict()
+        how = f"pwrite@{offset:#x}"
+        try:
+            if flags is None:
+                got = os.pwrite(self.fds[rel], payload, offset)
+            else:
+                how = f"open({_flag_names(flags)})+write@{offset:#x}"
+                fd = os.open(self.p(rel), flags)
+                try:
+                    if not flags & os.O_APPEND:
+                        os.lseek(fd, offset, os.SEEK_SET)
+                    got = os.write(fd, payload)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            got = -(exc.errno or 0)
+        self.record(rel, how, payload, pred, got)
+        return got
+
+    def record(
+        self, rel: str, how: str, payload: bytes, pred: _Prediction, got: int, *, write: bool = True
+    ) -> None:
+        r = self.report
+        if write:
+            r.writes += 1
+        else:
+            r.read_opens += 1
+        r.per_file[rel] += 1
+        r.per_result["ok" if got >= 0 else _name(got)] += 1
+        if got in pred.results:
+            if pred.effect is not None:
+                pred.effect(got)
+            return
+        expected = "|".join(sorted(_name(x) for x in pred.results))
+        r.unexpected.append(Unexpected(r.writes, rel, how, _short(payload), expected, _name(got)))
+        self.resync()
+
+    def resync(self) -> None:
+        """After a wrong prediction, believe the mount again so one bug is reported once."""
+        st = self.state
+        st.active = self.read(ACTIVE) == b"1\n"
+        with contextlib.suppress(ValueError):
+            st.dt_max = int(self.read(DT_MAX), 16)
+        st.kexec_loaded = self.read(LOADED) == b"1\n"
+        st.cold_cmdline = self.read(COLD_CMDLINE).removesuffix(b"\n")
+        for name, rel in STAGING.items():
+            st.staging[name] = bytearray(self.read(rel, 1 << 30))
+        st.serialize_log = self.dmesg_serialize_errors()
+        self.shadow.pages.clear()
+
+    def offset_text(self) -> int:
+        """Text attributes ignore the offset (spec 3.2 Decision b); try a few anyway."""
+        return self.rng.choice([0, 0, 0, 1, 4095, 4096, 1 << 40, self.rng.randrange(1 << 20)])
+
+    def fresh_flags(self, readable: bool, append: bool = True) -> int | None:
+        """Flags for a fresh open, or None for the long-lived descriptor.
+
+        ``append=False`` for windows on memory: through FUSE an ``O_APPEND`` write lands
+        at the kernel's cached i_size (0 right after an ``O_TRUNC`` open, whose atomic
+        truncation the kernel assumes), while a real device ignores ``O_APPEND``; the
+        spec says nothing, so the campaign does not guess.
+        """
+        if self.rng.random() >= self.FRESH:
+            return None
+        flags = os.O_RDWR if readable and self.rng.random() < 0.3 else os.O_WRONLY
+        if self.rng.random() < 0.3:
+            flags |= os.O_TRUNC
+        if append and self.rng.random() < 0.2:
+            flags |= os.O_APPEND
+        return flags
+
+    # -- targets -----------------------------------------------------------------------------
+    def op_active(self) -> None:
+        payload = self.gen.boolean()
+        self.attempt(
+            ACTIVE,
+            payload,
+            self.offset_text(),
+            lambda: self.predict_active(payload),
+            flags=self.fresh_flags(readable=True),
+        )
+
+    def serialize_error(self) -> int:
+        return kho_serialize_error(self.state.dt_max, self.names)
+
+    def predict_active(self, payload: bytes) -> _Prediction:
+        """Spec 3.3: kstrtobool, then no-op when unchanged, then activation or abort."""
+        buf = sysfs_store_buffer(payload)
+        if not buf:
+            return _expect(0)
+        try:
+            value = kstrtobool(buf)
+        except Refused as r:
+            return _expect(-r.errno)
+        st = self.state
+        if value == st.active:
+            return _expect(len(buf))
+        if not value:
+            return _expect(len(buf), effect=lambda _: self.on_abort())
+        err = self.serialize_error()
+        if err:
+            return _expect(-errno.EINVAL, effect=lambda _: self.on_failed_activation(err))
+        return _expect(len(buf), effect=lambda _: self.on_activation())
+
+    def on_activation(self) -> None:
+        self.state.active = True
+        self.report.events["activations"] += 1
+
+    def on_failed_activation(self, err: int) -> None:
+        self.state.serialize_log.append(err)
+        self.report.events[f"failed activations ({err})"] += 1
+
+    def on_abort(self) -> None:
+        self.state.active = False
+        self.report.events["aborts"] += 1
+        if self.dt_fd is not None:  # spec 3.2: a removed file's old descriptor: ENODEV
+            try:
+                os.pread(self.dt_fd, 16, 0)
+                self.fail("reading dt through a descriptor opened before the abort worked")
+            except OSError as exc:
+                if exc.errno != errno.ENODEV:
+                    self.fail(f"read of dt after abort: {exc!r}, expected ENODEV")
+            self.close_dt()
+
+    def op_dt_max(self) -> None:
+        payload = self.gen.number()
+        self.attempt(
+            DT_MAX,
+            payload,
+            self.offset_text(),
+            lambda: self.predict_dt_max(payload),
+            flags=self.fresh_flags(readable=True),
+        )
+
+    def predict_dt_max(self, payload: bytes) -> _Prediction:
+        """Spec 3.4: any parse error is EINVAL, then EBUSY while active, then stored."""
+        buf = sysfs_store_buffer(payload)
+        if not buf:
+            return _expect(0)
+        try:
+            value = kstrtoull(buf)
+        except Refused:
+            return _expect(-errno.EINVAL)
+        if self.state.active:
+            return _expect(-errno.EBUSY)
+
+        def store(_: int) -> None:
+            self.state.dt_max = value
+            self.report.events["dt_max stores"] += 1
+
+        return _expect(len(buf), effect=store)
+
+    def window_offset(self, size: int, n: int) -> int:
+        rng = self.rng
+        return rng.choice(
+            [
+                0,
+                rng.randrange(size),
+                size - 1,
+                max(size - n, 0),
+                max(size - n // 2 - 1, 0),
+                size,
+                size + rng.randrange(1, 1 << 20),
+                1 << 40,
+                1 << 62,
+                PAGE_SIZE - 1,
+                rng.randrange(1, size // PAGE_SIZE) * PAGE_SIZE - 1 if size > PAGE_SIZE else 0,
+            ]
+        )
+
+    def op_region(self, name: str) -> None:
+        rel = f"machine/reserve_mem/{name}"
+        start, size = self.regions[name]
+        payload = self.gen.blob()
+        offset = self.window_offset(size, len(payload))
+        self.attempt(
+            rel,
+            payload,
+            offset,
+            lambda: self.predict_window(start, size, offset, payload),
+            flags=self.fresh_flags(readable=True, append=False),
+        )
+
+    def predict_window(self, start: int, size: int, offset: int, payload: bytes) -> _Prediction:
+        """decisions.md region files: ENOSPC at or past the end, short count across it."""
+        if not payload:
+            return _expect(0)
+        if offset >= size:
+            return _expect(-errno.ENOSPC)
+        n = min(len(payload), size - offset)
+        self.shadow.ensure(start + offset, n)
+        return _expect(n, effect=lambda _: self.shadow.write(start + offset, payload[:n]))
+
+    def op_dev_mem(self) -> None:
+        rng = self.rng
+        payload = self.gen.blob()
+        n = len(payload)
+        edges = [0, 0x9F000, 1 << 20, 2 << 30, 4 << 30, self.node_boundary, self.mem_end]
+        edges += [s for s, _ in self.regions.values()] + [s + z for s, z in self.regions.values()]
+        edges += [s for s, _ in self.scratch]
+        r = rng.random()
+        if r < 0.5:
+            offset = rng.choice(edges) + rng.choice([-n, -(n // 2) - 1, -1, 0, 1, -PAGE_SIZE])
+        elif r < 0.85:
+            offset = rng.choice(self.pool) + rng.randrange(-64, PAGE_SIZE)
+        else:
+            offset = rng.choice([0xA0000, 3 << 30, 1 << 40, 1 << 62, self.mem_end + 1])
+        offset = max(offset, 0)
+        self.attempt(
+            DEV_MEM,
+            payload,
+            offset,
+            lambda: self.predict_dev_mem(offset, payload),
+            flags=self.fresh_flags(readable=True, append=False),
+        )
+
+    def predict_dev_mem(self, offset: int, payload: bytes) -> _Prediction:
+        """decisions.md: dev/mem spans 0 to the end of RAM; writes into holes: EFAULT."""
+        if not payload:
+            return _expect(0)
+        if offset >= self.mem_end:
+            return _expect(-errno.ENOSPC)
+        n = min(len(payload), self.mem_end - offset)
+        if not self.in_ram(offset, n):
+            return _expect(-errno.EFAULT)
+        self.shadow.ensure(offset, n)
+        return _expect(n, effect=lambda _: self.shadow.write(offset, payload[:n]))
+
+    def op_control(self) -> None:
+        payload = self.gen.command()
+        while _would_run_exec(sysfs_store_buffer(payload)):
+            payload = self.gen.command()
+        self.attempt(
+            CONTROL,
+            payload,
+            self.offset_text(),
+            lambda: self.predict_control(payload),
+            flags=self.fresh_flags(readable=False),
+        )
+
+    def predict_control(self, payload: bytes) -> _Prediction:
+        """README/decisions.md: ``kexec_file_load [FLAGS]``, ``kexec_load``, ``unload``
+        (``exec`` is never sent at random); the loads answer with the syscall's errno."""
+        buf = sysfs_store_buffer(payload)
+        if not buf:
+            return _expect(0)
+        words = _kernel_words(c_string(buf))
+        if not words or words[0] not in KEXEC_COMMANDS:
+            return _expect(-errno.EINVAL)
+        cmd = words[0]
+        if len(words) > (2 if cmd == b"kexec_file_load" else 1):
+            return _expect(-errno.EINVAL)
+        ok = len(buf)
+        if cmd == b"exec":
+            raise AssertionError("the campaign never runs exec at random")
+        if cmd == b"unload":
+            return _expect(ok, effect=lambda _: self.on_loaded(False))
+        flags = 0
+        if len(words) > 1:
+            try:
+                flags = kstrtoull(words[1])
+            except Refused as r:
+                return _expect(-r.errno)
+        if flags & ~(KEXEC_FILE_UNLOAD | KEXEC_FILE_ON_CRASH | KEXEC_FILE_NO_INITRAMFS):
+            return _expect(-errno.EINVAL)
+        if flags & KEXEC_FILE_UNLOAD:
+            return _expect(ok, effect=lambda _: self.on_loaded(False))
+        if flags & KEXEC_FILE_ON_CRASH:
+            return _expect(-errno.EOPNOTSUPP)  # decisions.md: crash images are refused
+        staged = self.state.staging
+        errors = set()
+        if len(c_string(bytes(staged["cmdline"])).rstrip(b"\n")) >= COMMAND_LINE_SIZE:
+            errors.add(-errno.EINVAL)
+        if not staged["kernel"]:
+            errors.add(-errno.ENOEXEC)  # decisions.md: an empty file is no kernel
+        if errors:  # the spec does not order these two checks: either errno will do
+            return _Prediction(frozenset(errors))
+        # Tiny segments always fit: in RAM, or in the 256+ MiB scratch areas when active.
+        return _expect(ok, effect=lambda _: self.on_loaded(True))
+
+    def on_loaded(self, loaded: bool) -> None:
+        self.state.kexec_loaded = loaded
+        self.report.events["loads" if loaded else "unloads"] += 1
+
+    def op_cold_cmdline(self) -> None:
+        payload = self.gen.cmdline()
+        self.attempt(
+            COLD_CMDLINE,
+            payload,
+            self.offset_text(),
+            lambda: self.predict_cold_cmdline(payload),
+            flags=self.fresh_flags(readable=True),
+        )
+
+    def predict_cold_cmdline(self, payload: bytes) -> _Prediction:
+        """decisions.md: the firmware command line is a C string without its trailing
+        newlines, at most 2047 bytes (EINVAL otherwise)."""
+        buf = sysfs_store_buffer(payload)
+        if not buf:
+            return _expect(0)
+        text = c_string(buf).rstrip(b"\n")
+        if len(text) >= COMMAND_LINE_SIZE:
+            return _expect(-errno.EINVAL)
+        return _expect(len(buf), effect=lambda _: setattr(self.state, "cold_cmdline", text))
+
+    def op_staging(self, name: str) -> None:
+        rng = self.rng
+        rel, limit = STAGING[name], KEXEC_STAGING_MAX[name]
+        content = self.state.staging[name]
+        payload = self.gen.blob()
+        n = len(payload)
+        small = min(limit, 256 << 10)
+        offset = rng.choice(
+            [
+                0,
+                len(content),
+                rng.randrange(len(content) + 1),
+                rng.randrange(small),
+                max(limit - n + 1, 0),
+                limit,
+                1 << 40,
+                1 << 62,
+                *([max(limit - n, 0)] if limit <= PAGE_SIZE else []),  # never allocate 1 GiB
+            ]
+        )
+        flags = self.fresh_flags(readable=True)
+        if flags is not None and flags & os.O_TRUNC:
+            content = bytearray()
+        effective = len(content) if flags is not None and flags & os.O_APPEND else offset
+        if name == "kernel" and _is_bzimage(_overlay(content, effective, payload, limit)):
+            payload = bytes(len(payload))  # a bzImage header would change the placement
+        self.attempt(
+            rel,
+            payload,
+            offset,
+            lambda: self.predict_staging(name, flags, effective, payload),
+            flags=flags,
+        )
+
+    def predict_staging(
+        self, name: str, flags: int | None, offset: int, payload: bytes
+    ) -> _Prediction:
+        """decisions.md: ordinary files up to their limit, EFBIG past it."""
+        limit = KEXEC_STAGING_MAX[name]
+        if flags is not None and flags & os.O_TRUNC:
+            self.state.staging[name] = bytearray()  # the open truncates before the write
+        if not payload:
+            return _expect(0)
+        if offset + len(payload) > limit:
+            return _expect(-errno.EFBIG)
+
+        def store(_: int) -> None:
+            self.state.staging[name] = _overlay(self.state.staging[name], offset, payload, limit)
+
+        return _expect(len(payload), effect=store)
+
+    def op_truncate(self) -> None:
+        """ftruncate: staging files resize (EFBIG past their limit); every other writable
+        file accepts and ignores it (spec 3.2, decisions.md)."""
+        rng = self.rng
+        rel = rng.choice(
+            [
+                ACTIVE,
+                DT_MAX,
+                DEV_MEM,
+                CONTROL,
+                COLD_CMDLINE,
+                *self.region_paths(),
+                *STAGING.values(),
+                *STAGING.values(),
+            ]
+        )
+        name = next((n for n, p in STAGING.items() if p == rel), None)
+        if name is None:
+            size = rng.choice([0, 1, 4096, 1 << 40])
+            expected = 0
+        else:
+            content, limit = self.state.staging[name], KEXEC_STAGING_MAX[name]
+            size = rng.choice(
+                [0, len(content) // 2, len(content), len(content) + 100, limit + 1, 1 << 40]
+            )
+            expected = -errno.EFBIG if size > limit else 0
+        try:
+            os.ftruncate(self.fds[rel], size)
+            got = 0
+        except OSError as exc:
+            got = -(exc.errno or 0)
+        self.report.truncates += 1
+        self.report.per_file[f"{rel} (ftruncate)"] += 1
+        if got == expected:
+            if name is not None and got == 0:
+                content = self.state.staging[name]
+                self.state.staging[name] = (content + bytes(max(size - len(content), 0)))[:size]
+            return
+        self.report.unexpected.append(
+            Unexpected(
+                self.report.writes, rel, f"ftruncate({size:#x})", "", _name(expected), _name(got)
+            )
+        )
+        self.resync()
+
+    def op_probe(self) -> None:
+        """Files that must refuse writing (spec 3.1, 3.2, 3.9; decisions.md)."""
+        rng = self.rng
+        st = self.state
+        payload = self.gen.blob(rng.choice([1, 2, 16, 4096]))
+        wr = rng.choice([os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_TRUNC])
+        probes: list[tuple[str, int, int]] = [
+            (f"{KHO}/scratch_phys", wr, -errno.EACCES),
+            (f"{KHO}/scratch_len", wr, -errno.EACCES),
+            (LOADED, wr, -errno.EACCES),
+            (DT, wr, -errno.EACCES if st.active else -errno.ENOENT),
+            (DT_FW, wr, -errno.EACCES if st.handover else -errno.ENOENT),
+            ("proc/cmdline", os.O_WRONLY, -errno.EIO),  # procfs: no write handler
+            (f"{MEMBLOCK}/memory", os.O_WRONLY, -errno.EINVAL),  # debugfs, spec 3.9
+            (f"{MEMBLOCK}/reserved", os.O_WRONLY, -errno.EINVAL),
+            (KHO, os.O_WRONLY, -errno.EISDIR),
+            (f"{KHO}/new", os.O_WRONLY | os.O_CREAT, -errno.EACCES),  # kernfs: no create
+        ]
+        rel, flags, expected = rng.choice(probes)
+        self.attempt(rel, payload, 0, lambda: _expect(expected), flags=flags)
+        # Read-opening write-only files: no show, so EACCES; never write through them.
+        rel = rng.choice(["machine/reboot", CONTROL])
+        flags = rng.choice([os.O_RDONLY, os.O_RDWR])
+        try:
+            os.close(os.open(self.p(rel), flags))
+            got = 0
+        except OSError as exc:
+            got = -(exc.errno or 0)
+        how = f"open({_flag_names(flags)})"
+        self.record(f"{rel} (read-open)", how, b"", _expect(-errno.EACCES), got, write=False)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def checkpoint(self, *, full: bool = False) -> None:
+        """Compare everything the oracle tracks with the mount, and the invariants."""
+        self.report.checkpoints += 1
+        st = self.state
+        want = {
+            ACTIVE: b"1\n" if st.active else b"0\n",
+            DT_MAX: b"0x%x\n" % st.dt_max,
+            LOADED: b"1\n" if st.kexec_loaded else b"0\n",
+            COLD_CMDLINE: st.cold_cmdline + b"\n",
+        }
+        for rel, value in want.items():
+            got = self.read(rel)
+            if got != value:
+                self.fail(f"{rel} reads {_short(got)}, expected {_short(value)}")
+        for name, rel in STAGING.items():
+            got = self.read(rel, 1 << 30)
+            if got != st.staging[name]:
+                self.fail(
+                    f"{rel}: {len(got)} bytes differ from the {len(st.staging[name])} expected"
+                )
+        sizes = {ACTIVE: PAGE_SIZE, DT_MAX: PAGE_SIZE, DEV_MEM: self.mem_end}
+        sizes |= {f"machine/reserve_mem/{n}": z for n, (_, z) in self.regions.items()}
+        sizes |= {STAGING[n]: len(c) for n, c in st.staging.items()}
+        for rel, size in sizes.items():
+            if os.stat(self.p(rel)).st_size != size:
+                self.fail(f"stat {rel}: st_size {os.stat(self.p(rel)).st_size}, expected {size}")
+        self.check_dt()
+        self.check_memory(full=full)
+        self.check_memblock()
+        self.check_dmesg()
+
+    def check_dt(self) -> None:
+        """Spec 3.6: ``dt`` exists exactly while active, 0400, st_size = the FDT size."""
+        try:
+            info = os.stat(self.p(DT))
+        except FileNotFoundError:
+            if self.state.active:
+                self.fail("active but dt is missing")
+            return
+        if not self.state.active:
+            self.fail("inactive but dt exists")
+            return
+        if (info.st_mode & 0o7777, info.st_size) != (0o400, self.fdt_size):
+            self.fail(f"dt mode {info.st_mode:o} size {info.st_size}, expected 400 {self.fdt_size}")
+        if self.dt_fd is None:
+            self.dt_fd = os.open(self.p(DT), os.O_RDONLY)
+        blob = _pread_all(self.dt_fd, 0, 1 << 16)
+        self.check_fdt(blob, DT)
+
+    def check_fdt(self, blob: bytes, rel: str) -> None:
+        """Spec 5: magic, total size, ``kho-v1`` and each region's LE (start, size)."""
+        size_ok = len(blob) == self.fdt_size and blob[4:8] == struct.pack(">I", self.fdt_size)
+        if blob[:4] != FDT_MAGIC or not size_ok or b"kho-v1\0" not in blob:
+            self.fail(f"{rel} is not the expected {self.fdt_size}-byte FDT: {_short(blob)}")
+        for name, (start, size) in self.regions.items():
+            if struct.pack("<QQ", start, size) not in blob:
+                self.fail(f"{rel} lacks the mem property of region {name}")
+
+    def check_memory(self, *, full: bool) -> None:
+        """Region files and ``dev/mem`` show exactly the bytes the campaign wrote."""
+        for name, (start, size) in self.regions.items():
+            digest = hashlib.sha256(self.read(f"machine/reserve_mem/{name}", size)).digest()
+            if digest != hashlib.sha256(self.shadow.read(start, size)).digest():
+                self.fail(f"region {name}: sha256 differs from the expected content")
+        ranges = [(s, s + z) for s, z in self.regions.values()]
+        pages = [
+            p
+            for p in self.shadow.pages
+            if full or not any(a <= p * PAGE_SIZE < b for a, b in ranges)
+        ]
+        for first, count in _runs(pages):
+            addr = first * PAGE_SIZE
+            got = self._load_phys(addr, count * PAGE_SIZE)
+            want = self.shadow.read(addr, count * PAGE_SIZE)
+            if got != want:
+                bad = next(i for i in range(len(got)) if got[i] != want[i])
+                self.fail(f"dev/mem at {addr + bad:#x} differs from the expected bytes")
+
+    def check_memblock_shape(self) -> None:
+        """Spec 3.9 format; 8.2: sorted, no overlaps, equal touching neighbours merged;
+        the memory list covers exactly the RAM map; regions and scratch are reserved."""
+        parsed: dict[str, list[tuple[int, int, str, str]]] = {}
+        for which, lines in self.memblock.items():
+            out = []
+            for i, line in enumerate(lines):
+                m = _MEMBLOCK_LINE.match(line)
+                if not m or int(m[1]) != i:
+                    self.fail(f"memblock {which} line {i}: {line!r}")
+                    continue
+                out.append((int(m[2], 16), int(m[3], 16) + 1, m[4].strip(), m[5]))
+            for (_, e0, n0, f0), (b1, _, n1, f1) in itertools.pairwise(out):
+                if b1 < e0:
+                    self.fail(f"memblock {which}: {b1:#x} overlaps the region ending {e0:#x}")
+                if b1 == e0 and (n0, f0) == (n1, f1) and f0 == "NONE":
+                    self.fail(f"memblock {which}: touching equal regions at {b1:#x} not merged")
+            parsed[which] = out
+        memory = _merge((b, e) for b, e, _, _ in parsed.get("memory", []))
+        if memory != self.ram:
+            self.fail(f"memblock memory covers {memory}, RAM is {self.ram}")
+        reserved = parsed.get("reserved", [])
+        for name, (start, size) in self.regions.items():
+            if not _covered(reserved, start, start + size, None):
+                self.fail(f"region {name} is not reserved")
+        for start, size in self.scratch:
+            if self.state.handover:
+                ok = _covered(parsed.get("memory", []), start, start + size, "KHO_SCRATCH")
+            else:
+                ok = _covered(reserved, start, start + size, "RSV_KERN")
+            if not ok:
+                self.fail(f"scratch area {start:#x}+{size:#x} is not covered as it should be")
+
+    def check_memblock(self) -> None:
+        """Writes never allocate: both lists stay as they were at boot."""
+        for which, lines in self.memblock.items():
+            now = self._memblock_lines(which)
+            if now != lines:
+                self.fail(f"memblock {which} changed: {len(lines)} -> {len(now)} lines")
+
+    def check_dmesg(self) -> None:
+        """Spec 4.1: one ``failed to serialize state`` line per failed activation."""
+        got = self.dmesg_serialize_errors()
+        if got != self.state.serialize_log:
+            self.fail(
+                f"dmesg serialize errors {got[:10]}... ({len(got)}), expected "
+                f"{self.state.serialize_log[:10]}... ({len(self.state.serialize_log)})"
+            )
+
+    def dmesg_serialize_errors(self) -> list[int]:
+        text = self.read("machine/dmesg", 1 << 26).decode("latin-1")
+        pattern = r"\] KHO: failed to serialize state: (-?\d+)$"
+        return [int(x) for x in re.findall(pattern, text, re.M)]
+
+    # -- deliberate steps -------------------------------------------------------------------
+    def must(self, rel: str, payload: bytes, predict: Callable[[], _Prediction]) -> None:
+        """A deliberate write: the prediction must say success, the mount must agree."""
+        pred = predict()
+        if not any(r >= 0 for r in pred.results):
+            self.fail(f"deliberate write {payload!r} to {rel} predicted to fail")
+        if self.attempt(rel, payload, 0, lambda: pred) < 0:
+            raise _StepFailed(f"deliberate write {payload!r} to {rel} failed")
+
+    def stage_known_image(self) -> None:
+        image = bytearray(self.rng.randbytes(64 << 10))
+        image[0x202:0x206] = b"\0\0\0\0"  # not a bzImage: loaded whole
+        for name, data in (
+            ("kernel", bytes(image)),
+            ("initrd", b""),
+            ("cmdline", FUZZ_CMDLINE.encode() + b"\n"),
+        ):
+            os.ftruncate(self.fds[STAGING[name]], 0)
+            self.state.staging[name] = bytearray()
+            if data:
+                self.must(STAGING[name], data, partial(self.predict_staging, name, None, 0, data))
+
+    def kho_kexec(self) -> None:
+        """Activate, ``kexec_file_load``, ``exec``: a boot with handover (spec 6)."""
+        self.must(ACTIVE, b"0\n", lambda: self.predict_active(b"0\n"))
+        self.must(DT_MAX, b"0xa00000\n", lambda: self.predict_dt_max(b"0xa00000\n"))
+        self.must(ACTIVE, b"1\n", lambda: self.predict_active(b"1\n"))
+        dt = self.read(DT)
+        self.stage_known_image()
+        cmd = b"kexec_file_load\n"
+        self.must(CONTROL, cmd, lambda: self.predict_control(cmd))
+        old_active = self.fds[ACTIVE]
+        got = self.attempt(CONTROL, b"exec\n", 0, lambda: _expect(5))
+        if got < 0:
+            raise _StepFailed(f"exec failed with {_name(got)}")
+        self.report.events["kexec exec"] += 1
+        try:  # decisions: files of the old kernel are gone; old descriptors get ENODEV
+            os.pwrite(old_active, b"1", 0)
+            self.fail("writing active through a descriptor of the previous kernel worked")
+        except OSError as exc:
+            if exc.errno != errno.ENODEV:
+                self.fail(f"write through an old active descriptor: {exc!r}, expected ENODEV")
+        self.close_kernel_files()
+        st = self.state
+        st.active, st.dt_max, st.kexec_loaded = False, KHO_DT_MAX_DEFAULT, False
+        st.handover, st.serialize_log = True, []
+        # Segments went into scratch (spec 9.1 step 4); nothing else in RAM changed.
+        self.shadow.drop(lambda a: not any(s <= a < s + z for s, z in self.scratch))
+        self.open_kernel_files()
+        self.learn_boot()
+        log = self.read("machine/dmesg").decode("latin-1")
+        for line in [
+            "KHO: setup: Found kexec handover data. Will skip init for some devices",
+            *(f"Revived memory reservation '{n}' from KHO" for n in self.names),
+        ]:
+            if f"] {line}\n" not in log:
+                self.fail(f"dmesg lacks {line!r} after the KHO kexec")
+        if self.read("proc/cmdline") != FUZZ_CMDLINE.encode() + b"\n":
+            self.fail("the kexec'd kernel does not run the staged command line")
+        info = os.stat(self.p(DT_FW))
+        fw = self.read(DT_FW)
+        if fw != dt or info.st_mode & 0o7777 != 0o444:
+            self.fail(f"dt_fw (mode {info.st_mode:o}) differs from the dt loaded")
+        self.checkpoint(full=True)
+
+    def cold_reboot(self) -> None:
+        """``machine/reboot`` with the campaign's command line: RAM reads as zeros."""
+        cmdline = FUZZ_CMDLINE.encode() + b"\n"
+        self.must(COLD_CMDLINE, cmdline, lambda: self.predict_cold_cmdline(cmdline))
+        for name, rel in STAGING.items():  # whether they survive a reboot is not specified
+            os.ftruncate(self.fds[rel], 0)
+            self.state.staging[name] = bytearray()
+        old_dt_max = self.fds[DT_MAX]
+        fd = os.open(self.p("machine/reboot"), os.O_WRONLY)
+        try:
+            got = os.write(fd, b"1\n")
+        finally:
+            os.close(fd)
+        self.record("machine/reboot", "open+write", b"1\n", _expect(2), got)
+        self.report.events["cold reboots"] += 1
+        try:
+            os.pwrite(old_dt_max, b"0x1000", 0)
+            self.fail("writing dt_max through a descriptor of the previous boot worked")
+        except OSError as exc:
+            if exc.errno != errno.ENODEV:
+                self.fail(f"write through an old dt_max descriptor: {exc!r}, expected ENODEV")
+        self.close_kernel_files()
+        st = self.state
+        st.active, st.dt_max, st.kexec_loaded = False, KHO_DT_MAX_DEFAULT, False
+        st.handover, st.serialize_log = False, []
+        self.shadow.pages.clear()
+        self.open_kernel_files()
+        self.learn_boot()
+        for name, (_, size) in self.regions.items():
+            if self.read(f"machine/reserve_mem/{name}", size) != bytes(size):
+                self.fail(f"region {name} not zero after a cold reboot")
+        if os.path.exists(self.p(DT_FW)):
+            self.fail("dt_fw exists after a cold reboot")
+        if self.read("proc/cmdline") != cmdline:
+            self.fail("the rebooted kernel does not run the firmware command line")
+        self.checkpoint(full=True)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def ops(self) -> list[tuple[int, Callable[[], None]]]:
+        return [
+            (12, self.op_active),
+            (14, self.op_dt_max),
+            (9, lambda: self.op_region("a")),
+            (7, lambda: self.op_region("b")),
+            (14, self.op_dev_mem),
+            (9, self.op_control),
+            (5, self.op_cold_cmdline),
+            (6, lambda: self.op_staging("kernel")),
+            (3, lambda: self.op_staging("initrd")),
+            (6, lambda: self.op_staging("cmdline")),
+            (4, self.op_probe),
+            (1, self.op_truncate),
+        ]
+
+    def run(self, writes: int, deliberate: bool, progress: Callable[[int], None] | None) -> None:
+        ops = self.ops()
+        weights = [w for w, _ in ops]
+        steps = [writes // 3, 2 * writes // 3] if deliberate else []
+        next_check = self.CHECK_EVERY
+        while self.report.writes < writes:
+            self.rng.choices(ops, weights)[0][1]()
+            if steps and self.report.writes >= steps[0]:
+                (self.kho_kexec if len(steps) == 2 else self.cold_reboot)()
+                steps.pop(0)
+            if self.report.writes >= next_check:
+                self.checkpoint()
+                next_check += self.CHECK_EVERY
+                if progress is not None:
+                    progress(self.report.writes)
+        self.checkpoint(full=True)
+        if progress is not None:
+            progress(self.report.writes)
+
+
+class _StepFailed(Exception):
+    """A deliberate step did not happen; the campaign cannot go on meaningfully."""
+
+
+_MEMBLOCK_LINE = re.compile(
+    r"^ *(\d+): 0x([0-9a-f]{16})\.\.0x([0-9a-f]{16}) ([ \d]{3}[\dx]) "
+    r"(NONE|HOTPLUG|MIRROR|NOMAP|DRV_MNG|RSV_NIT|RSV_KERN|KHO_SCRATCH|UNKNOWN)$"
+)
+
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _covered(
+    lines: list[tuple[int, int, str, str]], start: int, end: int, flag: str | None
+) -> bool:
+    spans = _merge((b, e) for b, e, _, f in lines if flag is None or f == flag)
+    return any(b <= start and end <= e for b, e in spans)
+
+
+def _overlay(content: bytearray, offset: int, data: bytes, limit: int) -> bytearray:
+    """``content`` after writing ``data`` at ``offset`` (a hole reads as zeros)."""
+    if not data or offset + len(data) > limit:
+        return bytearray(content)
+    out = bytearray(content)
+    if offset > len(out):
+        out += bytes(offset - len(out))
+    out[offset : offset + len(data)] = data
+    return out
+
+
+def _is_bzimage(image: bytes | bytearray) -> bool:
+    return image[0x202:0x206] == b"HdrS"
+
+
+def _pread_all(fd: int, offset: int, size: int) -> bytes:
+    """Read up to ``size`` bytes at ``offset`` until EOF (FUSE may return short reads)."""
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, min(size, 1 << 20), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _flag_names(flags: int) -> str:
+    names = {os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}.get(flags & os.O_ACCMODE, "O_RDONLY")
+    for bit, name in ((os.O_TRUNC, "O_TRUNC"), (os.O_APPEND, "O_APPEND"), (os.O_CREAT, "O_CREAT")):
+        if flags & bit:
+            names += f"|{name}"
+    return names
+
+
+def run_fuzz(
+    mountpoint: Path,
+    writes: int,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+    *,
+    deliberate: bool = True,
+) -> FuzzReport:
+    """Fuzz the machine mounted at ``mountpoint`` with ``writes`` writes from ``seed``.
+
+    The mount must run :data:`FUZZ_CMDLINE` on :data:`FUZZ_MEMORY` with
+    :data:`FUZZ_NODES` nodes, freshly booted (ValueError otherwise); the campaign owns
+    the kexec staging files and empties them first.  ``deliberate`` adds
+    the KHO kexec (after a third of the writes) and the cold reboot (after two thirds).
+    ``progress`` is called with the number of writes done at every checkpoint.
+    The report's ``ok`` tells whether every outcome matched the oracle, every invariant held
+    and the daemon that served the mount at the start still serves it.
+    """
+    from kho_fs.daemon import read_pid_file
+
+    mountpoint = Path(mountpoint)
+    report = FuzzReport(seed=seed)
+    report.daemon_pid = read_pid_file(str(mountpoint))
+    if report.daemon_pid is None:
+        report.invariant_failures.append("no live daemon pid file for the mount")
+    started = time.monotonic()
+    campaign = _Campaign(mountpoint, seed, report)
+    st = campaign.state
+    if campaign.read("proc/cmdline") != FUZZ_CMDLINE.encode() + b"\n":
+        raise ValueError(f"mount the campaign with cmdline={FUZZ_CMDLINE!r}")
+    st.cold_cmdline = campaign.read(COLD_CMDLINE).removesuffix(b"\n")
+    st.staging = {name: bytearray() for name in STAGING}
+    st.kexec_loaded = campaign.read(LOADED) == b"1\n"
+    st.handover = os.path.exists(campaign.p(DT_FW))
+    if campaign.read(ACTIVE) != b"0\n" or campaign.read(DT_MAX) != b"0xa00000\n":
+        raise ValueError("the campaign needs a machine with KHO inactive and dt_max at default")
+    try:
+        campaign.open_machine_files()
+        for rel in STAGING.values():  # the campaign owns the staging files
+            os.ftruncate(campaign.fds[rel], 0)
+        campaign.open_kernel_files()
+        campaign.learn_boot()
+        for start, size in campaign.regions.values():
+            campaign.shadow.ensure(start, size)
+        campaign.checkpoint(full=True)
+        campaign.run(writes, deliberate, progress)
+    except (_StepFailed, OSError) as exc:  # OSError: the mount stopped answering
+        report.invariant_failures.append(f"campaign stopped after {report.writes} writes: {exc}")
+    finally:
+        campaign.close_all()
+        report.seconds = time.monotonic() - started
+    if report.daemon_pid is not None:
+        report.daemon_alive = read_pid_file(str(mountpoint)) == report.daemon_pid and _answers(
+            mountpoint
+        )
+    return report
+
+
+def _answers(mountpoint: Path) -> bool:
+    """The mount is there and its machine runs (a dead daemon leaves ENOTCONN)."""
+    try:
+        status = (mountpoint / "machine/status").read_bytes()
+    except OSError:
+        return False
+    return os.path.ismount(mountpoint) and b"state:       running" in status

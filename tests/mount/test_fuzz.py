@@ -1,0 +1,185 @@
+"""Fuzzing every writable file through a real mount (kho_fs.stress.fuzz), CI-sized.
+
+The campaign predicts each outcome with its own oracle, written from the spec rather than
+from the model; the tests without a mount pin that oracle to the examples the spec lists,
+so a wrong oracle cannot make a wrong machine pass.  When mounting fails the test fails
+(``MountFailed``); nothing here skips, and nothing asserts on timing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from kho_fs.stress.fuzz import (
+    FUZZ_CMDLINE,
+    FUZZ_MEMORY,
+    FUZZ_NODES,
+    FUZZ_REGIONS,
+    Refused,
+    c_string,
+    kho_fdt_size,
+    kho_serialize_error,
+    kstrtobool,
+    kstrtoull,
+    q35_ram_map,
+    run_fuzz,
+    sysfs_store_buffer,
+)
+from kho_fs.testing import mounted
+
+SEED = 20250214
+WRITES = 20_000
+INT_MAX = (1 << 31) - 1
+GiB, MiB = 1 << 30, 1 << 20
+
+
+# -- the campaign ---------------------------------------------------------------------------
+
+
+def test_fuzz_campaign_through_the_mount(tmp_path):
+    with mounted(tmp_path, memory=FUZZ_MEMORY, nodes=FUZZ_NODES, cmdline=FUZZ_CMDLINE) as m:
+        report = run_fuzz(m.mountpoint, WRITES, SEED)
+        print(report.summary())
+        assert report.unexpected == [], report.summary()
+        assert report.invariant_failures == [], report.summary()
+        assert report.daemon_pid == m.pid and report.daemon_alive, report.summary()
+        assert report.writes >= WRITES
+    # Every target was hit, and the state machine really moved.
+    targets = [
+        "sys/kernel/kho/active", "sys/kernel/kho/dt_max", "dev/mem", "machine/cmdline",
+        "machine/kexec/control", "machine/kexec/kernel", "machine/kexec/initrd",
+        "machine/kexec/cmdline", "sys/kernel/kho/scratch_phys", "sys/kernel/kho/scratch_len",
+        "sys/kernel/kexec_loaded", "sys/kernel/kho/dt", "sys/firmware/kho/dt_fw", "proc/cmdline",
+        *(f"machine/reserve_mem/{name}" for name in FUZZ_REGIONS),
+    ]  # fmt: skip
+    assert all(report.per_file[t] > 0 for t in targets), report.per_file
+    names = ["EINVAL", "EBUSY", "ENOSPC", "EFAULT", "EFBIG", "EACCES", "EIO", "ENOENT", "ENOEXEC"]
+    assert all(report.per_result[n] > 0 for n in ["ok", *names]), report.per_result
+    events = report.events
+    assert events["activations"] > 50 and events["aborts"] > 50, events
+    assert events["dt_max stores"] > 100 and events["loads"] > 50, events
+    for err in (-1, -3, -22, -12):  # every failure row of spec 4.3
+        assert events[f"failed activations ({err})"] > 0, events
+    assert events["kexec exec"] == 1 and events["cold reboots"] == 1, events
+
+
+def test_regressions_found_by_fuzzing(tmp_path):
+    with mounted(tmp_path, memory=FUZZ_MEMORY, nodes=FUZZ_NODES, cmdline=FUZZ_CMDLINE) as m:
+        # dev/mem: node 1 starts at 6 GiB; a write across that boundary is all RAM...
+        fd = os.open(m.path("dev/mem"), os.O_RDWR)
+        try:
+            assert os.pwrite(fd, b"x" * 32, 6 * GiB - 16) == 32
+            assert os.pread(fd, 32, 6 * GiB - 16) == b"x" * 32
+            # ... while one running from RAM into the hole at 2 GiB is not.
+            with pytest.raises(OSError) as info:
+                os.pwrite(fd, b"y" * 32, 2 * GiB - 16)
+            assert info.value.errno == errno.EFAULT
+        finally:
+            os.close(fd)
+        # machine/kexec/control: words end at the kernel's isspace, and only
+        # kexec_file_load takes an argument.
+        for command in (b"unload now\n", b"kexec_load 0\n", b"unload\x85\n", b"unload\x1c\n"):
+            with pytest.raises(OSError) as info:
+                m.write("machine/kexec/control", command)
+            assert info.value.errno == errno.EINVAL, command
+        assert m.write("machine/kexec/control", b"unload\xa0\n") == 8
+        assert m.write("machine/kexec/control", b"kexec_file_load\v1\n") == 18
+
+
+def test_fuzz_refuses_a_machine_it_cannot_predict(tmp_path):
+    with mounted(tmp_path, memory="4G", cmdline="kho=on") as m, pytest.raises(ValueError):
+        run_fuzz(m.mountpoint, 10, SEED)
+
+
+# -- the oracle, pinned to the spec ---------------------------------------------------------
+
+
+def refused(parse, value: bytes) -> int:
+    with pytest.raises(Refused) as info:
+        parse(value)
+    return info.value.errno
+
+
+@pytest.mark.parametrize(
+    "text", [b"1\n", b"yes", b"true", b"on", b"On", b"1abc", b"y", b"Y", b"t", b"T", b"1\0x"]
+)
+def test_oracle_kstrtobool_true(text):
+    assert kstrtobool(text) is True  # spec 2.6, 2.2, checklist items 2 and 10
+
+
+@pytest.mark.parametrize("text", [b"0", b"OFF", b"off", b"n", b"N", b"f", b"F", b"no", b"0x"])
+def test_oracle_kstrtobool_false(text):
+    assert kstrtobool(text) is False
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"enable", b"disable", b" 1", b"o", b"2", b"e", b"d", b"E", b"D", b"\n", b"", b"maybe",
+     b"o\0n", b"\x001", b"\xff"],
+)  # fmt: skip
+def test_oracle_kstrtobool_invalid(text):
+    assert refused(kstrtobool, text) == errno.EINVAL
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        (b"0xa00000", 0xA00000), (b"10485760", 10485760), (b"050000000", 0o50000000),
+        (b"+4096", 4096), (b"4096\n", 4096), (b"0x100\n", 0x100), (b"+256", 256),
+        (b"0400", 0o400), (b"0", 0), (b"0X1F", 31), (b"18446744073709551615", (1 << 64) - 1),
+        (b"7\0garbage", 7),
+    ],
+)  # fmt: skip
+def test_oracle_kstrtoull_valid(text, value):
+    assert kstrtoull(text) == value  # spec 2.7 and checklist item 15
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"0x", b"08", b" 4096", b"4096 ", b"4096\n\n", b"-1", b"4K", b" 1", b"", b"+", b"++1",
+     b"+-1", b"0xg", b"\n"],
+)  # fmt: skip
+def test_oracle_kstrtoull_invalid(text):
+    assert refused(kstrtoull, text) == errno.EINVAL
+
+
+def test_oracle_kstrtoull_range_and_the_store_clamp():
+    assert refused(kstrtoull, b"18446744073709551616") == errno.ERANGE
+    assert refused(kstrtoull, b"0x10000000000000000\n\n") == errno.ERANGE  # before the tail
+    # Checklist item 20: 5000 bytes of "0x1000" + NULs store 4096 bytes and mean 0x1000.
+    buf = sysfs_store_buffer(b"0x1000" + b"\0" * 4994)
+    assert len(buf) == 4096 and kstrtoull(buf) == 0x1000
+    assert kstrtoull(sysfs_store_buffer(b"0" * 4095 + b"12")) == 1
+    assert c_string(b"ab\0cd\0") == b"ab"
+
+
+def test_oracle_fdt_sizes():
+    assert kho_fdt_size([]) == 111  # spec 5.5
+    assert kho_fdt_size(["oops"]) == 239
+    assert kho_fdt_size(["oops", "trace"]) == 315
+    assert kho_fdt_size(["x" * 15] * 8) == 835
+    assert kho_fdt_size(FUZZ_REGIONS) == 163 + 2 * 72
+
+
+def test_oracle_serialize_errors():
+    none, oops = [], ["oops"]
+    assert [kho_serialize_error(d, none) for d in (47, 48, 110, 111)] == [-22, -3, -3, 0]
+    # Spec 4.3 and checklist items 16 and 17.
+    assert kho_serialize_error(200, oops) == -1
+    assert kho_serialize_error(235, oops) == -3
+    assert kho_serialize_error(40, oops) == -22
+    assert kho_serialize_error(2147483648, oops) == -12
+    assert [kho_serialize_error(d, oops) for d in (102, 103, 230, 231, 238, 239)] == [
+        -3, -1, -1, -3, -3, 0,
+    ]  # fmt: skip
+    assert kho_serialize_error(INT_MAX, oops) == 0
+
+
+def test_oracle_ram_map():
+    # decisions.md: lowmem is the size below 2.75 GiB, else 2 GiB; an 8G machine ends at 10G.
+    assert q35_ram_map(8 * GiB) == [(0, 0x9F000), (MiB, 2 * GiB), (4 * GiB, 10 * GiB)]
+    assert q35_ram_map(2 * GiB) == [(0, 0x9F000), (MiB, 2 * GiB)]
+    assert q35_ram_map(3 * GiB) == [(0, 0x9F000), (MiB, 2 * GiB), (4 * GiB, 5 * GiB)]
