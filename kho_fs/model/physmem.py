@@ -79,6 +79,16 @@ def x86_ram_map(size: int, nodes: int) -> list[RamRange]:
     return out
 
 
+def _merge_touching(ranges: list[RamRange]) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    for r in ranges:
+        if spans and spans[-1][1] == r.start:
+            spans[-1] = (spans[-1][0], r.end)
+        else:
+            spans.append((r.start, r.end))
+    return spans
+
+
 class PhysicalMemory:
     """The machine's RAM contents and map; survives kexec, is cleared by a cold reboot."""
 
@@ -87,6 +97,8 @@ class PhysicalMemory:
         self.nr_nodes = nodes
         self.ram = x86_ram_map(size, nodes)
         self.end = self.ram[-1].end
+        # Contiguous RAM: node boundaries split ``ram`` but not the bus.
+        self._spans = _merge_touching(self.ram)
         self._store = mmap.mmap(
             -1, self.end, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
         )
@@ -100,8 +112,9 @@ class PhysicalMemory:
         return sum(r.size for r in self.node_ranges(nid))
 
     def is_ram(self, addr: int, size: int) -> bool:
-        """True when ``[addr, addr + size)`` lies entirely inside one RAM range."""
-        return any(r.start <= addr and addr + size <= r.end for r in self.ram)
+        """True when every byte of ``[addr, addr + size)`` is RAM (it may cross a node
+        boundary, never a hole)."""
+        return any(start <= addr and addr + size <= end for start, end in self._spans)
 
     # -- contents -------------------------------------------------------------------
     def read(self, addr: int, size: int) -> bytes:

@@ -65,6 +65,9 @@ class Node:
     file_type: ClassVar[int] = stat.S_IFREG
     #: errno for I/O through a handle whose node was removed (sysfs: ENODEV).
     removed_errno: ClassVar[int] = errno.ENODEV
+    #: errno for opening a removed node through a cached path (kernfs: ENODEV;
+    #: debugfs' ``full_proxy_open`` turns its EIO into ENOENT).
+    open_removed_errno: ClassVar[int] = errno.ENODEV
 
     def __init__(self, mode: int) -> None:
         if mode & ~0o7777:
@@ -130,7 +133,8 @@ class File(Node):
         ``default_permissions``); ``uid`` is passed for nodes that want more.  The sysfs
         check applies to everyone, root included.
         """
-        self.check_live()
+        if self.removed:
+            raise KernelError(self.open_removed_errno, "file was removed")
         accmode = flags & os.O_ACCMODE
         wants_write = accmode in (os.O_WRONLY, os.O_RDWR)
         wants_read = accmode in (os.O_RDONLY, os.O_RDWR)
@@ -280,6 +284,7 @@ class DebugfsSeqFile(_SnapshotFile):
 
     sysfs_open_check = False
     removed_errno = errno.EIO
+    open_removed_errno = errno.ENOENT
 
     def __init__(self, mode: int, show: Callable[[], str]) -> None:
         super().__init__(mode, show)
@@ -292,6 +297,7 @@ class DebugfsBlob(BinaryAttribute):
     """
 
     removed_errno = errno.EIO
+    open_removed_errno = errno.ENOENT
 
     def _current_size(self) -> int:
         return 0

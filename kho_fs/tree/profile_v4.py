@@ -22,7 +22,6 @@ from kho_fs.model.errors import KernelError
 from kho_fs.model.kernel import Kernel
 from kho_fs.model.machine import Machine
 from kho_fs.model.memblock import memblock_debug_show
-from kho_fs.model.physmem import PhysicalMemory
 from kho_fs.tree.nodes import (
     BinaryAttribute,
     ControlFile,
@@ -141,7 +140,7 @@ class V4Profile:
         yield entry("proc/cmdline", lambda: ProcFile(0o444, lambda: k.cmdline + "\n"))
         yield entry(
             "dev/mem",
-            lambda: RegionFile(0o600, lambda: mem.end, mem.read, _dev_mem_write(mem)),
+            lambda: RegionFile(0o600, lambda: mem.end, mem.read, _dev_mem_write(mem.write)),
         )
         windows = [(f"machine/reserve_mem/{r.name}", r.start, r.size) for r in k.reserve_mem.table]
         windows += [
@@ -234,18 +233,11 @@ def _words(text: str) -> list[str]:
     return [w for w in spaced.split(" ") if w]
 
 
-def _dev_mem_write(mem: PhysicalMemory) -> Callable[[int, bytes], int]:
-    """``write_mem``: the write may cross from one RAM range into the next when they
-    touch (a NUMA node boundary); any byte outside RAM fails the whole write (EFAULT)."""
+def _dev_mem_write(write: Callable[[int, bytes], None]) -> Callable[[int, bytes], int]:
+    """``write_mem``: all or nothing; any byte outside RAM fails the write (EFAULT)."""
 
     def dev_mem_write(offset: int, data: bytes) -> int:
-        end = offset + len(data)
-        pieces = [(max(r.start, offset), min(r.end, end)) for r in mem.ram]
-        pieces = [(a, b) for a, b in pieces if a < b]
-        if sum(b - a for a, b in pieces) != len(data):
-            raise KernelError(errno.EFAULT, f"[{offset:#x}, {end:#x}) is not all RAM")
-        for a, b in pieces:
-            mem.write(a, data[a - offset : b - offset])
+        write(offset, data)
         return len(data)
 
     return dev_mem_write

@@ -192,6 +192,13 @@ def test_debugfs_seq_file():
     assert errno_of(h.write, 0, b"x") == errno.EINVAL
     node.removed = True
     assert errno_of(h.read, 0, 10) == errno.EIO
+    assert errno_of(node.open, os.O_RDONLY, ROOT) == errno.ENOENT  # full_proxy_open
+
+
+def test_removed_sysfs_file_opens_with_enodev():
+    node = TextAttribute(0o444, lambda: "0\n")
+    node.removed = True
+    assert errno_of(node.open, os.O_RDONLY, ROOT) == errno.ENODEV  # kernfs_fop_open
 
 
 def test_debugfs_blob():
