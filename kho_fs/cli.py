@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -201,5 +202,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> NoReturn:
+    """The ``kho-fs`` console script: :func:`main`, then exit without interpreter teardown.
+
+    Tearing down a process that built a machine (or imported the whole model) costs tens
+    of milliseconds, which ``kho-fs mount`` and every ``kho-fs kexec`` in a script would
+    pay; everything worth keeping is flushed or closed by then.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a closed pipe (`kho-fs status M | head -1`)
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

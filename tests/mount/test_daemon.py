@@ -234,7 +234,9 @@ def test_already_mounted_and_not_a_kho_fs_mount(tmp_path):
     with toy(tmp_path) as m:
         result = kho_fs("mount", str(m.mountpoint), "--profile", TOY)
         assert result.returncode == 3
-        assert result.stderr == f"kho-fs: {m.mountpoint} is already a mountpoint\n"
+        assert result.stderr == (
+            f"kho-fs: {m.mountpoint} is already a mountpoint (a live fuse.kho-fs mount)\n"
+        )
     result = kho_fs("umount", str(tmp_path))
     assert result.returncode == 3
     assert "is not a kho-fs mount (nothing is mounted)" in result.stderr
