@@ -27,6 +27,7 @@ Exit codes (all commands):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -211,10 +212,8 @@ def entry() -> NoReturn:
     """
     code = main()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError):  # a closed pipe (`kho-fs status M | head -1`)
             stream.flush()
-        except OSError:  # a closed pipe (`kho-fs status M | head -1`)
-            pass
     os._exit(code)
 
 
