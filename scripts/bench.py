@@ -282,7 +282,7 @@ def attr_loop_command(workdir: Path) -> tuple[list[str], str]:
 
 
 def section_attr(args: argparse.Namespace, results: dict[str, object]) -> None:
-    ops = 300 if args.smoke else 20000
+    ops = 300 if args.smoke else 5000
     rel = "sys/kernel/kho"
     with (
         kho_mount("16G", SEED_CMDLINE) as m,
