@@ -32,8 +32,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -52,8 +51,7 @@ class CommandError(Exception):
         self.exit_code = exit_code
 
 
-@dataclass(frozen=True)
-class Subcommand:
+class Subcommand(NamedTuple):
     name: str
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]

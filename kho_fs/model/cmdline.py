@@ -14,7 +14,7 @@ text input: a malformed string gives ``None`` or a :class:`KernelError`, never a
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from kho_fs.model.errors import KernelError
 from kho_fs.model.units import U64_MASK
@@ -308,8 +308,7 @@ def kho_parse_enable(value: str | None) -> bool | None:
         return None
 
 
-@dataclass(frozen=True)
-class ScratchSizing:
+class ScratchSizing(NamedTuple):
     """Scratch sizing from ``kho_scratch=``: a percent scale, or explicit sizes when 0.
 
     ``scale`` is the kernel's ``unsigned int scratch_scale``; sizes are bytes.
@@ -343,7 +342,7 @@ def kho_parse_scratch_size(
     number, end = simple_strtoull(text, 0, 0)
     if text[end : end + 1] == "%":
         scale = number & U32_MASK
-        return replace(current, scale=scale), f"KHO: scratch scale is {_s32(scale)} percent"
+        return current._replace(scale=scale), f"KHO: scratch scale is {_s32(scale)} percent"
     size_global, end = memparse(text, 0)
     if not size_global or end == 0:
         return None
@@ -360,8 +359,7 @@ def kho_parse_scratch_size(
 # --- reserve_mem= (ordinary boot option, mm/memblock.c) ------------------------------
 
 
-@dataclass(frozen=True)
-class ReserveMemParam:
+class ReserveMemParam(NamedTuple):
     """A syntactically valid ``reserve_mem=size:align:name`` (align already floored)."""
 
     size: int

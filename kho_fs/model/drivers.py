@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kho_fs.model.cmdline import memparse, parameq
 from kho_fs.model.fdt import FdtSw
@@ -31,8 +30,7 @@ if TYPE_CHECKING:
     from kho_fs.model.kernel import Kernel
 
 
-@dataclass(frozen=True, slots=True)
-class DriverRegion:
+class DriverRegion(NamedTuple):
     """A range of physical memory a driver owns and lets users read and write."""
 
     name: str

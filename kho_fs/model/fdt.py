@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import libfdt
 
@@ -126,8 +126,7 @@ def fdt_check_full(blob: bytes | bytearray) -> int:
     return int(libfdt.fdt_check_full(buf, len(buf)))
 
 
-@dataclass(frozen=True, slots=True)
-class FdtProperty:
+class FdtProperty(NamedTuple):
     name: str
     value: bytes
 

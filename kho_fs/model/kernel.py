@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from kho_fs.model.cmdline import parameq, parse_args
 from kho_fs.model.dmesg import KernelLog
@@ -40,8 +39,7 @@ class BootFailed(Exception):
     """The emulated boot stopped (a real kernel would panic)."""
 
 
-@dataclass(frozen=True, slots=True)
-class BootInfo:
+class BootInfo(NamedTuple):
     """What the boot loader or kexec hands the kernel."""
 
     image: tuple[int, int]  # kernel image (start, memory size)

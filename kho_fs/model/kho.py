@@ -10,8 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import struct
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from kho_fs.model.cmdline import (
     ScratchSizing,
@@ -41,8 +40,7 @@ FDT_MAGIC_BYTES = FDT_MAGIC.to_bytes(4, "big")
 KHO_MEM_SIZE = 16  # struct kho_mem: LE u64 addr, LE u64 size
 
 
-@dataclass(frozen=True, slots=True)
-class KhoMem:
+class KhoMem(NamedTuple):
     """One scratch-table entry or one ``mem`` property entry."""
 
     addr: int

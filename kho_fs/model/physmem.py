@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import mmap
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kho_fs.model.errors import KernelError
 from kho_fs.model.units import SZ_1M, SZ_2M, SZ_4G
@@ -28,8 +28,7 @@ MAX_NODES = 8
 DIRTY_CHUNK_SHIFT = 21  # written-data tracking granule: 2 MiB
 
 
-@dataclass(frozen=True, slots=True)
-class RamRange:
+class RamRange(NamedTuple):
     """One range of System RAM and the NUMA node that owns it (end is exclusive)."""
 
     start: int

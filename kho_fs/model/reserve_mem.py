@@ -8,8 +8,7 @@ the same name and size, so the bytes stay at the same physical address.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kho_fs.model.cmdline import parse_reserve_mem
 from kho_fs.model.fdt import FdtSw
@@ -27,8 +26,7 @@ RESERVE_MEM_MAP_COMPATIBLE = "reserve_mem_map-v1"
 RESERVE_MEM_NODE = "reserve_mem"
 
 
-@dataclass(frozen=True, slots=True)
-class ReserveMemRegion:
+class ReserveMemRegion(NamedTuple):
     name: str
     start: int
     size: int

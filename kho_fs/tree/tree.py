@@ -31,7 +31,7 @@ import logging
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from kho_fs.tree.nodes import Directory, Node
 
@@ -51,8 +51,7 @@ log = logging.getLogger(__name__)
 ROOT_INO = 1
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One path a profile declares.
 
     ``path`` is relative to the mount root, ``/``-separated (``sys/kernel/kho/active``);
@@ -77,8 +76,7 @@ class Profile(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class EntryChange:
+class EntryChange(NamedTuple):
     """One directory entry that changed in a rebuild.
 
     ``parent`` is the directory instance the kernel knows the entry under: the old parent
