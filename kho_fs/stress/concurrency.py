@@ -586,22 +586,22 @@ class _Reader(_Worker):
     # -- checks --------------------------------------------------------------------------------
     def check_active(self) -> None:
         hold = self.rng.random() < 0.5
-        got = self.read_file("active", f"{KHO}/active", errno.ENODEV, hold=hold)
-        if got is None:
-            return
-        data, state = got
-        self.expect("active", data in (b"0\n", b"1\n"), data)
-        if state is not None and data != (b"1\n" if state.active else b"0\n"):
-            self.unexpected(f"active: read {data!r} while KHO active={state.active}")
+        self._check_flag("active", f"{KHO}/active", "active", hold=hold)
 
     def check_kexec_loaded(self) -> None:
-        got = self.read_file("kexec_loaded", "sys/kernel/kexec_loaded", errno.ENODEV)
+        self._check_flag("kexec_loaded", "sys/kernel/kexec_loaded", "loaded")
+
+    def _check_flag(self, kind: str, path: str, attr: str, *, hold: bool = False) -> None:
+        """A ``0\n``/``1\n`` file that must agree with the controller's state ``attr``."""
+        got = self.read_file(kind, path, errno.ENODEV, hold=hold)
         if got is None:
             return
         data, state = got
-        self.expect("kexec_loaded", data in (b"0\n", b"1\n"), data)
-        if state is not None and data != (b"1\n" if state.loaded else b"0\n"):
-            self.unexpected(f"kexec_loaded: read {data!r} while loaded={state.loaded}")
+        self.expect(kind, data in (b"0\n", b"1\n"), data)
+        if state is not None:
+            want = getattr(state, attr)
+            if data != (b"1\n" if want else b"0\n"):
+                self.unexpected(f"{kind}: read {data!r} while {attr}={want}")
 
     def check_dt_max(self) -> None:
         got = self.read_file("dt_max", f"{KHO}/dt_max", errno.ENODEV)

@@ -2,8 +2,8 @@
 vanished or unusable kexec images, and exactly the kernel's permissions for other users.
 
 The crashing participant is injected through the hidden ``--profile`` option: the daemon
-loads :func:`crashing_profile` from this very file, the real v4 machine with one more
-driver whose DUMP raises.
+loads ``crashing_profile.py`` next to this file, the real v4 machine with one more driver
+whose DUMP raises.
 """
 
 from __future__ import annotations
@@ -17,62 +17,17 @@ import time
 from pathlib import Path
 
 import pytest
+from mount_helpers import ENV, NOBODY, kho_fs, ok, sh
 
 from kho_fs.daemon import FSTYPE, mount_type
-from kho_fs.model.drivers import BUILTIN_DRIVERS, KhoDriver
-from kho_fs.model.fdt import FdtSw
-from kho_fs.model.machine import Machine
 from kho_fs.testing import MountedMachine, mounted
-from kho_fs.tree.profile_v4 import V4Profile
 
 KHO = "sys/kernel/kho"
 LOADED = "sys/kernel/kexec_loaded"
-NOBODY = 65534
-BIN = Path(sys.executable).parent
-ENV = {k: v for k, v in os.environ.items() if k != "KHO_FS_ROOT"}
-ENV["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
 CMDLINE = "kho=on reserve_mem=1M:4096:oops"
 
 
-class CrashingDriver(KhoDriver):
-    """A participant with a bug: its DUMP raises."""
-
-    name = "crashing"
-
-    def kho_dump(self, fdt: FdtSw) -> int:
-        raise RuntimeError("participant bug injected by test_faults")
-
-
-def crashing_profile(memory: int, nodes: int, cmdline: str | None) -> V4Profile:
-    drivers = [*BUILTIN_DRIVERS.values(), CrashingDriver]
-    return V4Profile(Machine.create(memory, nodes, cmdline or CMDLINE, drivers=drivers))
-
-
-CRASHING = f"{Path(__file__).resolve()}:crashing_profile"
-
-
-def sh(m: MountedMachine, script: str, *args: str, user: int | None = None):
-    command = ["sh", "-c", script, "sh", *args]
-    if user is not None:
-        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
-    return subprocess.run(
-        command, cwd=m.mountpoint, capture_output=True, text=True, timeout=60, env=ENV
-    )
-
-
-def ok(m: MountedMachine, script: str, *args: str) -> str:
-    r = sh(m, script, *args)
-    assert r.returncode == 0, f"{script!r} failed: {r.stderr}"
-    return r.stdout
-
-
-def kho_fs(*args: str, root: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(ENV)
-    if root is not None:
-        env["KHO_FS_ROOT"] = str(root)
-    return subprocess.run(
-        ["kho-fs", *args], capture_output=True, text=True, timeout=60, env=env, cwd="/"
-    )
+CRASHING = f"{Path(__file__).with_name('crashing_profile.py')}:crashing_profile"
 
 
 def alive(pid: int | None) -> bool:

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mount_helpers import NOBODY, fails, kho_fs, ok, sh
 
 from kho_fs.testing import MountedMachine, mounted
 
@@ -38,47 +39,11 @@ LOADED = "sys/kernel/kexec_loaded"
 MEMORY = "sys/kernel/debug/memblock/memory"
 RESERVED = "sys/kernel/debug/memblock/reserved"
 SEED = "reserve_mem=64M:4096:trace kho=on kho_scratch=512M,256M"
-NOBODY = 65534
 VECTORS = Path(__file__).resolve().parents[1] / "data"  # spec §5.6 reference blobs
-BIN = Path(sys.executable).parent  # the virtualenv's bin/, where `kho-fs` lives
-ENV = {k: v for k, v in os.environ.items() if k != "KHO_FS_ROOT"}
-ENV["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
 LINE = re.compile(r"^ {0,3}\d+: 0x([0-9a-f]{16})\.\.0x([0-9a-f]{16}) +(\d+|x) ([A-Z_]+)$")
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def sh(m: MountedMachine, script: str, *args: str, user: int | None = None):
-    """``sh -c script sh args…`` in the mountpoint (paths in scripts are relative)."""
-    command = ["sh", "-c", script, "sh", *args]
-    if user is not None:
-        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
-    return subprocess.run(
-        command, cwd=m.mountpoint, capture_output=True, text=True, timeout=60, env=ENV
-    )
-
-
-def ok(m: MountedMachine, script: str, *args: str, user: int | None = None) -> str:
-    r = sh(m, script, *args, user=user)
-    assert r.returncode == 0, f"{script!r} failed ({r.returncode}): {r.stderr}"
-    return r.stdout
-
-
-def fails(m: MountedMachine, script: str, message: str, *args: str, user: int | None = None):
-    r = sh(m, script, *args, user=user)
-    assert r.returncode != 0, f"{script!r} succeeded: {r.stdout}"
-    assert message in r.stderr, f"{script!r}: expected {message!r}, got {r.stderr!r}"
-    return r
-
-
-def kho_fs(*args: str, root: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(ENV)
-    if root is not None:
-        env["KHO_FS_ROOT"] = str(root)
-    return subprocess.run(
-        ["kho-fs", *args], capture_output=True, text=True, timeout=60, env=env, cwd="/"
-    )
 
 
 def kexec(m: MountedMachine, *args: str) -> subprocess.CompletedProcess:
