@@ -9,7 +9,8 @@ Sections (``--only`` picks some):
 - ``model``: the in-process activate + kexec_file_load + exec cycle, and the RSS of a
   4 TiB machine after 1 GiB was written.
 - ``region``: ``dd`` sequential write and read (bs=1M and bs=128k) of a 1 GiB
-  ``reserve_mem`` region through a mount, against the same-size file on tmpfs (/dev/shm).
+  ``reserve_mem`` region through a mount, against the same-size file on tmpfs (/dev/shm)
+  and on the floor (below: a minimal pyfuse3 file over an mmap, the FUSE ceiling).
 - ``attr``: open+read+close of ``sys/kernel/kho/active`` and ``scratch_phys`` and ``stat``
   per second, by a small C loop (no fork per operation), against the same files on tmpfs
   and against a *floor*: ``scripts/bench_floor.py``, the smallest pyfuse3 file system with
@@ -158,15 +159,23 @@ def _wait_mounted(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30
 
 
 @contextlib.contextmanager
-def floor_mount(relpath: str) -> Iterator[tuple[Path, float]]:
-    """Mount ``bench_floor.py``; yields the mountpoint and the seconds until ismount."""
+def floor_mount(relpath: str, data_size: int = 0) -> Iterator[tuple[Path, float]]:
+    """Mount ``bench_floor.py`` (with a ``data`` file of ``data_size`` bytes if non-zero);
+    yields the mountpoint and the seconds until ismount."""
     with scratch_dir() as tmp:
         mountpoint = tmp / "floor"
         mountpoint.mkdir()
         ready = tmp / "ready"
         t = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "bench_floor.py"), str(mountpoint), relpath, str(ready)],
+            [
+                sys.executable,
+                str(HERE / "bench_floor.py"),
+                str(mountpoint),
+                relpath,
+                str(ready),
+                str(data_size),
+            ],
             stderr=subprocess.DEVNULL,
         )
         try:
@@ -206,8 +215,16 @@ def section_region(args: argparse.Namespace, results: dict[str, object]) -> None
     memory = "1G" if args.smoke else "4G"
     cmdline = f"reserve_mem={size >> 20}M:4096:big kho=on"
     out: dict[str, object] = {"size_mib": size >> 20, "unit": "MiB/s"}
-    with kho_mount(memory, cmdline) as m, scratch_dir("/dev/shm") as shm:
-        files = {"kho_fs": m / "machine" / "reserve_mem" / "big", "tmpfs": shm / "big"}
+    with (
+        kho_mount(memory, cmdline) as m,
+        floor_mount("active", size) as (floor, _),
+        scratch_dir("/dev/shm") as shm,
+    ):
+        files = {
+            "kho_fs": m / "machine" / "reserve_mem" / "big",
+            "floor": floor / "data",
+            "tmpfs": shm / "big",
+        }
         for path in files.values():  # populate: the timed runs overwrite resident pages
             subprocess.run(dd_write(path, size, MIB), check=True)
         for bs, label in ((MIB, "1M"), (128 << 10, "128k")):
@@ -217,9 +234,13 @@ def section_region(args: argparse.Namespace, results: dict[str, object]) -> None
                     for name, path in files.items():  # interleaved: same load for both
                         seconds = run_timed(build(path, size, bs))
                         samples[name].append(size / MIB / seconds)
-                figure = {k: stats(v) for k, v in samples.items()}
-                figure["ratio"] = ratio(figure["kho_fs"], figure["tmpfs"])  # type: ignore[arg-type]
-                out[f"{op}_{label}"] = figure
+                s = {k: stats(v) for k, v in samples.items()}
+                out[f"{op}_{label}"] = {
+                    **s,
+                    "ratio": ratio(s["kho_fs"], s["tmpfs"]),
+                    "ratio_floor": ratio(s["kho_fs"], s["floor"]),
+                    "floor_ratio_tmpfs": ratio(s["floor"], s["tmpfs"]),
+                }
     results["region"] = out
 
 
@@ -357,7 +378,7 @@ def section_seed(args: argparse.Namespace, results: dict[str, object]) -> None:
         payload, image, wrapper = work / "payload", work / "Image", work / "kho-fs"
         payload.write_bytes(os.urandom(payload_size))
         image.write_bytes(os.urandom(image_size))
-        wrapper.write_text('#!/bin/sh\nexec ' + " ".join(f'"{a}"' for a in kho) + ' "$@"\n')
+        wrapper.write_text("#!/bin/sh\nexec " + " ".join(f'"{a}"' for a in kho) + ' "$@"\n')
         wrapper.chmod(0o755)
         env = dict(
             os.environ, M=str(m), KHO_FS_ROOT=str(m), PAYLOAD=str(payload), IMG=str(image),
@@ -450,6 +471,10 @@ def rows_of(results: dict[str, object]) -> list[Row]:
                     limit = 0.35 if op == "write" else 0.33
                     row.target, row.passed = f"≥ {limit}× tmpfs", f["ratio"] >= limit
                 rows.append(row)
+                rows.append(Row("  (same, vs floor)", f["kho_fs"], "MiB/s", "floor", f["floor"],
+                                f["ratio_floor"]))  # fmt: skip
+                rows.append(Row("  (floor vs tmpfs)", f["floor"], "MiB/s", "tmpfs", f["tmpfs"],
+                                f["floor_ratio_tmpfs"]))  # fmt: skip
     attr = results.get("attr")
     if isinstance(attr, dict):
         for test, label in (
