@@ -17,6 +17,8 @@ Sections (``--only`` picks some):
   kho-fs' mount options, serving one 2-byte file at the same path.
 - ``seed``: the whole flow driven by shell commands (dd into the region, ``echo 1 >
   active``, ``kho-fs kexec -l IMG -s``, ``kho-fs kexec -e``, read back and compare).
+- ``state``: saving and restoring a 64 GiB machine with 1 GiB written (``--state``),
+  against ``cp`` + ``sync`` of the same file.
 - ``startup``: ``kho-fs mount`` wall time until it returns and until ``os.path.ismount``,
   next to the floor's time to the same point.
 
@@ -437,6 +439,50 @@ def section_startup(args: argparse.Namespace, results: dict[str, object]) -> Non
     }
 
 
+# -- state: save and restore a --state machine -------------------------------------------
+def section_state(args: argparse.Namespace, results: dict[str, object]) -> None:
+    """``kho-fs save`` / ``mount --state`` work: a big machine with some data written,
+    saved (sparse, fsynced) and restored, next to copying the same bytes with ``cp``."""
+    from kho_fs.state import load_machine, save_machine
+
+    memory, written = (4 * GIB, 64 * MIB) if args.smoke else (64 * GIB, GIB)
+    saves: list[float] = []
+    loads: list[float] = []
+    copies: list[float] = []
+    with (
+        Machine.create(memory, 1, f"reserve_mem={written >> 20}M:4096:big kho=on") as m,
+        scratch_dir() as work,
+    ):
+        region = m.region("big")
+        assert region is not None
+        chunk = os.urandom(MIB)
+        for off in range(0, written, MIB):
+            m.mem.write(region.start + off, chunk)
+        path = work / "machine.state"
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            save_machine(m, path)
+            saves.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            load_machine(path).close()
+            loads.append(time.perf_counter() - t)
+            t = time.perf_counter()  # baseline: the same bytes copied and fsynced
+            subprocess.run(["cp", str(path), str(work / "copy")], check=True)
+            subprocess.run(["sync", str(work / "copy")], check=True)
+            copies.append(time.perf_counter() - t)
+            (work / "copy").unlink()
+        size = path.stat().st_size
+    results["state"] = {
+        "unit": "s",
+        "machine": f"{memory // GIB} GiB",
+        "written_mib": written >> 20,
+        "file_mib": round(size / MIB, 1),
+        "save": stats(saves),
+        "restore": stats(loads),
+        "cp_and_sync": stats(copies),
+    }
+
+
 # -- the table -----------------------------------------------------------------------------
 @dataclass
 class Row:
@@ -496,6 +542,13 @@ def rows_of(results: dict[str, object]) -> list[Row]:
                         target="≤ 0.5 s", passed=total["median"] <= 0.5))  # fmt: skip
         for step, s in seed["steps_ms"].items():
             rows.append(Row(f"  {step}", s, "ms"))
+    state = results.get("state")
+    if isinstance(state, dict):
+        what = f"{state['machine']} machine, {state['written_mib']} MiB written"
+        copy = state["cp_and_sync"]
+        for key in ("save", "restore"):
+            rows.append(Row(f"state {key} ({what}, {state['file_mib']} MiB file)", state[key],
+                            "s", "cp + sync", copy, ratio(state[key], copy)))  # fmt: skip
     startup = results.get("startup")
     if isinstance(startup, dict):
         floor = startup["floor_ismount"]
@@ -553,6 +606,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, dict[str, object]], None]] = {
     "attr": section_attr,
     "seed": section_seed,
     "startup": section_startup,
+    "state": section_state,
 }
 
 

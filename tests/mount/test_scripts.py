@@ -33,13 +33,17 @@ def test_bench_smoke_prints_every_figure_and_writes_json(tmp_path):
         "stat active",
         "seed flow by shell",
         "kho-fs mount → ismount",
+        "state save (4 GiB machine",
+        "state restore (4 GiB machine",
         "in-process cycle",
         "RSS of a 4 GiB machine",
     ):
         assert figure in r.stdout, (figure, r.stdout)
     results = json.loads(out.read_text())
     assert results["smoke"] is True
-    assert {"region", "attr", "seed", "startup", "model_cycle_ms", "rss_mib"} <= set(results)
+    assert {"region", "attr", "seed", "startup", "state", "model_cycle_ms", "rss_mib"} <= set(
+        results
+    )
     assert results["region"]["write_1M"]["ratio"] > 0
     assert results["attr"]["read_active"]["ratio_floor"] > 0
 
