@@ -530,9 +530,9 @@ def test_item_20_long_write_to_dt_max(tmp_path):
         # dd reports the short write, then writes the remaining 904 NUL bytes as a second
         # store, which parses as an empty string: EINVAL, the stored value stays.
         ok(m, f"echo 0x2000 > {KHO}/dt_max")
-        r = sh(
-            m, f"{{ printf 0x3000; head -c 4994 /dev/zero; }} | dd of={KHO}/dt_max bs=5000 count=1"
-        )
+        # iflag=fullblock: one read() from the pipe may return printf's 6 bytes alone.
+        feed = "{ printf 0x3000; head -c 4994 /dev/zero; }"
+        r = sh(m, f"{feed} | dd of={KHO}/dt_max bs=5000 count=1 iflag=fullblock")
         assert "4096 bytes" in r.stderr, r.stderr
         assert ok(m, f"cat {KHO}/dt_max") == "0x3000\n"
 
