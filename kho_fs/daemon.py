@@ -230,6 +230,14 @@ def mount_type(mountpoint: str) -> str | None:
 # -- mount ----------------------------------------------------------------------------
 
 
+def unmount_command(mountpoint: str, *, lazy: bool = False) -> list[str]:
+    """``fusermount3 -u [-z] MOUNTPOINT`` (an unprivileged user's way), else ``umount``."""
+    fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
+    if fusermount:
+        return [fusermount, "-u", *(["-z"] if lazy else []), mountpoint]
+    return ["umount", *(["-l"] if lazy else []), mountpoint]
+
+
 def is_dead_mount(mountpoint: str) -> bool:
     """True when the mount at ``mountpoint`` has lost its daemon ("Transport endpoint is
     not connected"): what a killed FUSE daemon leaves if its auto_unmount helper died too."""
@@ -242,8 +250,7 @@ def is_dead_mount(mountpoint: str) -> bool:
 
 def recover_dead_mount(path: str, real: str) -> None:
     """Lazily unmount a dead kho-fs mount left at ``real``, or say exactly what to do."""
-    fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
-    command = [fusermount, "-u", "-z", real] if fusermount else ["umount", "-l", real]
+    command = unmount_command(real, lazy=True)
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0 or mount_type(real) is not None:
         raise CommandError(
@@ -525,8 +532,7 @@ def unmount(mountpoint: str, *, timeout: float = EXIT_TIMEOUT) -> None:
 
 
 def _run_unmount(mountpoint: str) -> None:
-    fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
-    command = [fusermount, "-u", mountpoint] if fusermount else ["umount", mountpoint]
+    command = unmount_command(mountpoint)
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     except OSError as exc:

@@ -18,7 +18,6 @@ it never skips, so a machine without FUSE fails loudly instead of passing quietl
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -152,9 +151,10 @@ def mounted(
 
 def _force_unmount(mountpoint: Path, pid: int | None) -> None:
     """Last resort after a failed unmount: lazy unmount, then kill the daemon."""
-    fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
-    if fusermount and os.path.ismount(mountpoint):
-        subprocess.run([fusermount, "-u", "-z", str(mountpoint)], capture_output=True)
+    from kho_fs.daemon import unmount_command
+
+    if os.path.ismount(mountpoint):
+        subprocess.run(unmount_command(str(mountpoint), lazy=True), capture_output=True)
     if pid is not None:
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kho_fs.daemon import unmount_command
 from kho_fs.model.machine import Machine
 
 MIB = 1 << 20
@@ -191,7 +192,7 @@ def floor_mount(relpath: str, data_size: int = 0) -> Iterator[tuple[Path, float]
                 proc.kill()
                 proc.wait()
             if os.path.ismount(mountpoint):
-                subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+                subprocess.run(unmount_command(str(mountpoint), lazy=True), check=False)
 
 
 def run_timed(command: list[str], **kwargs: object) -> float:
