@@ -16,7 +16,8 @@ Exit codes (all commands):
 
 == =========================================================================
 0  success
-1  the operation failed (mount, unmount, daemon start, daemon exit)
+1  the operation failed (mount, unmount, daemon start, daemon exit, the save
+   before an unmount, unmounting another user's mount)
 2  usage: unknown option, bad size or count, bad kernel command line
 3  mountpoint: missing, not a directory, not empty, already mounted, or
    (umount) not a kho-fs mount
@@ -104,6 +105,26 @@ def parse_count(text: str) -> int:
     return value
 
 
+def parse_release(value: str) -> str:
+    """``--release NAME``: a usage error lists the valid names."""
+    from kho_fs.model.releases import get_release
+
+    try:
+        return get_release(value).name
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_driver(value: str) -> str:
+    from kho_fs.model.builtin_drivers import DRIVERS
+
+    if value not in DRIVERS:
+        raise argparse.ArgumentTypeError(
+            f"unknown driver {value!r} (built in: {', '.join(DRIVERS)})"
+        )
+    return value
+
+
 @subcommand("mount", "mount an emulated machine", run="kho_fs.daemon:mount_command")
 def _mount_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mountpoint", help="an empty directory")
@@ -122,6 +143,22 @@ def _mount_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="CMDLINE",
         help='kernel command line of the cold boot (default: the model\'s, "console=ttyS0 kho=on")',
+    )
+    parser.add_argument(
+        "--release",
+        type=parse_release,
+        default=None,
+        metavar="NAME",
+        help="kernel the machine boots: v4 (default), 6.12, 6.16, 6.17, 6.18, 6.19, 7.0",
+    )
+    parser.add_argument(
+        "--driver",
+        action="append",
+        type=parse_driver,
+        default=None,
+        metavar="NAME",
+        help="built-in KHO participant to build in (repeatable): kho_example (the default "
+        "on v4), test_kho (the kernel's KHO test module, mainline releases)",
     )
     parser.add_argument(
         "-f", "--foreground", action="store_true", help="serve in this process, log to stderr"
@@ -156,6 +193,12 @@ def _mount_arguments(parser: argparse.ArgumentParser) -> None:
 @subcommand("umount", "unmount and wait for the daemon to exit", run="kho_fs.daemon:umount_command")
 def _umount_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mountpoint")
+    parser.add_argument(
+        "--discard",
+        action="store_true",
+        help="a --state machine: unmount without saving it (the state file keeps what the "
+        "last save wrote); without it a failing save keeps the machine mounted",
+    )
 
 
 @subcommand("kexec", "load or boot the next kernel, like kexec(8)", run="kho_fs.kexec_tool:run")

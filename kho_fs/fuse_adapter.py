@@ -26,7 +26,8 @@ Cache policy:
   is never sent (READDIRPLUS replies become dcache entries): it is replaced by the
   node now at that name, or skipped.
 - Every file is opened with ``keep_cache`` off and the node's ``direct_io`` flag (true
-  for all kho-fs files), so file data is never served from the page cache.
+  for all kho-fs files but ``machine/dmesg.raw``, which util-linux maps shared), so file
+  data is never served from a page cache filled before the open.
 
 There is no mmap handler in FUSE.  With FOPEN_DIRECT_IO the kernel refuses shared
 mappings with ENODEV, like sysfs; private mappings are set up by the kernel and filled
@@ -39,7 +40,6 @@ import errno
 import functools
 import itertools
 import logging
-import os
 import reprlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar, cast
@@ -50,7 +50,7 @@ import trio
 from kho_fs.model.errors import KernelError
 from kho_fs.model.units import PAGE_SIZE
 from kho_fs.tree.nodes import File, Node, OpenFile
-from kho_fs.tree.tree import ROOT_INO, NodeTree, TreeChanges
+from kho_fs.tree.tree import ROOT_INO, NodeTree, TreeChanges, decode_name, encode_name
 
 __all__ = ["CACHE_TIMEOUT", "CacheNotifier", "KernelCacheNotifier", "Operations"]
 
@@ -204,7 +204,7 @@ class Operations(pyfuse3.Operations):
         # An entry under a directory that is itself gone is covered by invalidating
         # that directory's entry (the kernel drops the whole subtree).
         entries = [
-            (c.parent.ino, os.fsencode(c.name))
+            (c.parent.ino, encode_name(c.name))
             for c in (*changes.removed, *changes.replaced)
             if not c.parent.removed
         ]
@@ -241,7 +241,7 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         await self._sync()
         parent = self._node(parent_inode)
-        text = os.fsdecode(name)
+        text = decode_name(name)
         node: Node | None
         if text == ".":
             node = parent
@@ -304,7 +304,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         parent = self.tree.parent(node) or self.tree.root
         listing = [(b".", node), (b"..", parent)]
-        listing += [(os.fsencode(name), child) for name, child in self.tree.children(node)]
+        listing += [(encode_name(name), child) for name, child in self.tree.children(node)]
         fh = next(self._handles)
         self._dirs[fh] = listing
         return fh
@@ -323,7 +323,7 @@ class Operations(pyfuse3.Operations):
                 # The listing was taken at opendir; the kernel links every entry of a
                 # READDIRPLUS reply into its dcache (for an hour), after the invalidation
                 # of the removed entry was already sent.  So list what is there now.
-                current = self.tree.lookup(directory, os.fsdecode(name))
+                current = self.tree.lookup(directory, decode_name(name))
                 if current is None:
                     continue
                 node = current

@@ -29,16 +29,17 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from kho_fs.model.cmdline import ScratchSizing
-from kho_fs.model.dmesg import LogRecord
+from kho_fs.model.dmesg import KERN_DEBUG, KERN_EMERG, KERN_INFO, LogRecord
 from kho_fs.model.drivers import BUILTIN_DRIVERS, KhoDriver
-from kho_fs.model.fdt import Fdt
+from kho_fs.model.fdt import Fdt, fdt_check_header
 from kho_fs.model.kernel import BootInfo, Kernel
 from kho_fs.model.kexec import KexecBuf, Kimage
-from kho_fs.model.kho import KhoMem
+from kho_fs.model.kho import Kho, KhoMem
 from kho_fs.model.machine import Machine
-from kho_fs.model.memblock import Memblock, MemblockRegion
+from kho_fs.model.memblock import MAX_NUMNODES, Memblock, MemblockRegion
 from kho_fs.model.notifier import NotifierBlock
-from kho_fs.model.physmem import PhysicalMemory
+from kho_fs.model.physmem import MAX_MEMORY, MAX_NODES, MIN_MEMORY, PhysicalMemory
+from kho_fs.model.releases import DEFAULT_RELEASE, RELEASES
 from kho_fs.model.reserve_mem import ReserveMemKhoParticipant, ReserveMemRegion
 
 MAGIC = b"KHOFS-ST"
@@ -67,7 +68,7 @@ class _Blobs:
 
 
 def _kernel_state(k: Kernel, blobs: _Blobs) -> dict[str, Any]:
-    kho, boot = k.kho, k.boot
+    kho, boot = k.kho_v4, k.boot
     image = k.kexec.kexec_image
     return {
         "boot": {
@@ -80,7 +81,7 @@ def _kernel_state(k: Kernel, blobs: _Blobs) -> dict[str, Any]:
         "generation": k.generation,
         "cmdline": k.cmdline,
         "panic": k.panic,
-        "log": [[r.usec, r.text] for r in k.log.records],
+        "log": [[r.usec, r.text, r.level] for r in k.log.records],
         "memblock": {
             "memory": [[r.base, r.size, r.flags, r.nid] for r in k.memblock.memory.regions],
             "reserved": [[r.base, r.size, r.flags, r.nid] for r in k.memblock.reserved.regions],
@@ -205,7 +206,14 @@ def load_machine(
     path: str | os.PathLike[str],
     drivers: dict[str, Callable[[Kernel], KhoDriver]] | None = None,
 ) -> Machine:
-    """Rebuild the machine saved in ``path``; StateError with a reason when impossible."""
+    """Rebuild the machine saved in ``path``; StateError with a reason when impossible.
+
+    The checksum only proves that the file is the one written; the content may still be
+    crafted.  So every field of the metadata is checked for its type, its range and its
+    consistency with the rest (:class:`_Field`) before the model sees it, and anything
+    the model still rejects while the machine is rebuilt is reported the same way: a
+    one-line :class:`StateError`, never a traceback.
+    """
     registry = BUILTIN_DRIVERS if drivers is None else drivers
     try:
         size = os.path.getsize(path)
@@ -215,8 +223,123 @@ def load_machine(
         raise
     except OSError as exc:
         raise StateError(f"cannot read {path}: {exc.strerror}") from None
-    except (KeyError, IndexError, TypeError, ValueError, struct.error, UnicodeDecodeError) as exc:
-        raise StateError(f"corrupted file (bad metadata: {type(exc).__name__}: {exc})") from None
+    except RecursionError:
+        raise StateError("corrupted file (bad metadata: nested too deeply)") from None
+    except Exception as exc:  # whatever the model refuses in a crafted file
+        raise StateError(f"corrupted file (bad metadata: {_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+U64_MAX = (1 << 64) - 1
+S64_MAX = (1 << 63) - 1
+U32_MAX = (1 << 32) - 1
+COMMAND_LINE_MAX = 2047  # COMMAND_LINE_SIZE 2048 with the NUL
+
+
+def ram_range(field: _Field, mem: PhysicalMemory, start: int, size: int) -> tuple[int, int]:
+    """``(start, size)`` when it is a non-empty piece of RAM, else StateError about ``field``."""
+    if size == 0 or not mem.is_ram(start, size):
+        raise field.bad(f"[{start:#x}, +{size:#x}) is not RAM")
+    return start, size
+
+
+class _Field:
+    """One value of the metadata and where it was read (``kernel.kho.scratch[1]``).
+
+    Each accessor returns the value only if it has the expected JSON type and range,
+    else raises StateError naming the field: a state file is untrusted input.
+    """
+
+    __slots__ = ("value", "where")
+
+    def __init__(self, value: object, where: str) -> None:
+        self.value, self.where = value, where
+
+    def bad(self, what: str) -> StateError:
+        return StateError(f"corrupted file (bad metadata: {self.where} {what})")
+
+    def __getitem__(self, key: str) -> _Field:
+        if not isinstance(self.value, dict):
+            raise self.bad("is not an object")
+        if key not in self.value:
+            raise StateError(f"corrupted file (bad metadata: {self.where}.{key} is missing)")
+        return _Field(self.value[key], f"{self.where}.{key}")
+
+    def items(self, length: int | None = None) -> list[_Field]:
+        """The elements of a list (of exactly ``length`` elements when given)."""
+        if not isinstance(self.value, list):
+            raise self.bad("is not a list")
+        if length is not None and len(self.value) != length:
+            raise self.bad(f"does not have {length} elements")
+        return [_Field(v, f"{self.where}[{i}]") for i, v in enumerate(self.value)]
+
+    def integer(self, lo: int = 0, hi: int = U64_MAX) -> int:
+        if type(self.value) is not int:
+            raise self.bad("is not an integer")
+        if not lo <= self.value <= hi:
+            raise self.bad(f"is out of range [{lo:#x}, {hi:#x}]")
+        return self.value
+
+    def boolean(self) -> bool:
+        if type(self.value) is not bool:
+            raise self.bad("is not true or false")
+        return self.value
+
+    def text(self, *, line: bool = False) -> str:
+        """Text standing for bytes (latin-1), without NUL (and without a newline with
+        ``line``)."""
+        if not isinstance(self.value, str):
+            raise self.bad("is not a string")
+        if "\0" in self.value or (line and "\n" in self.value):
+            raise self.bad("holds a NUL or newline")
+        if not all(ord(c) < 256 for c in self.value):
+            raise self.bad("is not a byte string")
+        return self.value
+
+    def cmdline(self) -> str:
+        value = self.text()
+        if len(value) > COMMAND_LINE_MAX:
+            raise self.bad(f"is longer than {COMMAND_LINE_MAX} bytes")
+        return value
+
+    def optional(self) -> _Field | None:
+        return None if self.value is None else self
+
+    def range(self, mem: PhysicalMemory, *, empty: bool = False) -> tuple[int, int]:
+        """``[start, size]`` of a non-empty piece of RAM (or, with ``empty``, of nothing)."""
+        start, size = (field.integer() for field in self.items(2))
+        if empty and size == 0:
+            return start, size
+        return ram_range(self, mem, start, size)
+
+    def blob(self, blobs: list[bytes], *, fdt: bool = False) -> bytes | None:
+        """The blob a field indexes, or None; with ``fdt`` it must be a valid FDT."""
+        if self.value is None:
+            return None
+        data = blobs[self.integer(0, len(blobs) - 1)] if blobs else None
+        if data is None:
+            raise self.bad("names a blob the file does not have")
+        if fdt and fdt_check_header(data):
+            raise self.bad("is not a valid FDT")
+        return data
+
+
+def _parse_metadata(raw: bytes) -> _Field:
+    try:
+        meta = json.loads(raw)
+    except RecursionError:
+        raise StateError("corrupted file (bad metadata: nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
+        raise StateError(f"corrupted file (bad metadata: {_one_line(exc)})") from None
+    root = _Field(meta, "metadata")
+    root["machine"], root["kernel"]  # both sections exist
+    return root
 
 
 def _load(f: BinaryIO, size: int, registry: dict[str, Callable[[Kernel], KhoDriver]]) -> Machine:
@@ -238,15 +361,14 @@ def _load(f: BinaryIO, size: int, registry: dict[str, Callable[[Kernel], KhoDriv
     for i in range(nblobs):
         (n,) = r.unpack("<Q", f"blob {i}")
         blobs.append(r.take(n, f"blob {i}"))
-    meta = json.loads(raw_meta)
+    # Only what is needed to lay out RAM is read before the checksum is verified.
+    meta = _parse_metadata(raw_meta)
     mm = meta["machine"]
+    memory, nodes = mm["memory"].integer(MIN_MEMORY, MAX_MEMORY), mm["nodes"].integer(1, MAX_NODES)
     try:
-        factories = [registry[name] for name in mm["drivers"]]
-    except KeyError as exc:
-        raise StateError(
-            f"the saved machine uses driver {exc.args[0]!r}, which is not available"
-        ) from None
-    mem = PhysicalMemory(int(mm["memory"]), int(mm["nodes"]))
+        mem = PhysicalMemory(memory, nodes)
+    except ValueError as exc:
+        raise mm.bad(f"describes no machine ({exc})") from None
     try:
         # RAM is streamed straight into the new machine; nothing is used before the
         # checksum over the whole file has been verified.
@@ -261,12 +383,19 @@ def _load(f: BinaryIO, size: int, registry: dict[str, Callable[[Kernel], KhoDriv
             raise StateError("corrupted file (trailing bytes)")
         if f.read(32) != r.digest.digest():
             raise StateError("corrupted file (checksum mismatch)")
+        factories = []
+        for field in mm["drivers"].items():
+            name = field.text()
+            if name not in registry:
+                raise StateError(f"the saved machine uses driver {name!r}, which is not available")
+            factories.append(registry[name])
         machine = Machine.__new__(Machine)
         machine.mem = mem
-        machine.cold_cmdline = str(mm["cold_cmdline"])
+        machine.cold_cmdline = mm["cold_cmdline"].cmdline()
+        machine.cold_release = RELEASES[DEFAULT_RELEASE]  # state files hold v4 machines
         machine.drivers = factories
-        machine.generation = int(mm["generation"])
-        machine.boots = int(mm["boots"])
+        machine.generation = mm["generation"].integer(0, S64_MAX)
+        machine.boots = mm["boots"].integer(1, S64_MAX)
         machine.version = 0
         machine.kernel = _restore_kernel(machine, meta["kernel"], blobs)
     except BaseException:
@@ -275,81 +404,167 @@ def _load(f: BinaryIO, size: int, registry: dict[str, Callable[[Kernel], KhoDriv
     return machine
 
 
-def _blob(blobs: list[bytes], index: int | None) -> bytes | None:
-    return None if index is None else blobs[index]
-
-
-def _restore_kernel(machine: Machine, ks: dict[str, Any], blobs: list[bytes]) -> Kernel:
+def _restore_kernel(machine: Machine, ks: _Field, blobs: list[bytes]) -> Kernel:
+    mem = machine.mem
     b = ks["boot"]
+    initrd = b["initrd"].optional()
+    boot_params = b["boot_params"].optional()
     boot = BootInfo(
-        image=(int(b["image"][0]), int(b["image"][1])),
-        initrd=(int(b["initrd"][0]), int(b["initrd"][1])) if b["initrd"] else None,
-        cmdline=str(b["cmdline"]),
-        boot_params=b["boot_params"],
-        page_tables=int(b["page_tables"]),
+        image=b["image"].range(mem),
+        initrd=initrd.range(mem) if initrd is not None else None,
+        cmdline=b["cmdline"].cmdline(),
+        boot_params=boot_params.integer() if boot_params is not None else None,
+        page_tables=b["page_tables"].integer(),
     )
     k = Kernel(
-        machine.mem, boot, int(ks["generation"]), machine.drivers, on_change=machine._changed
+        mem, boot, ks["generation"].integer(0, S64_MAX), machine.drivers, on_change=machine._changed
     )
-    k.cmdline, k.panic = str(ks["cmdline"]), ks["panic"]
-    k.log.records = [LogRecord(int(u), str(t)) for u, t in ks["log"]]
+    panic = ks["panic"].optional()
+    k.cmdline, k.panic = ks["cmdline"].cmdline(), panic.text() if panic is not None else None
+    k.log.records = _restore_log(ks["log"])
     k.log.resume()
-    mb = ks["memblock"]
-    k.memblock = Memblock()
-    k.memblock.memory.regions = [MemblockRegion(*map(int, r)) for r in mb["memory"]]
-    k.memblock.reserved.regions = [MemblockRegion(*map(int, r)) for r in mb["reserved"]]
-    k.memblock.bottom_up, k.memblock.kho_scratch_only = (
-        bool(mb["bottom_up"]),
-        bool(mb["kho_scratch_only"]),
-    )
-    k.memblock.current_limit = int(mb["current_limit"])
-    k.memblock.check_invariants()
-    kh, kho = ks["kho"], k.kho
-    kho.kho_enable, kho.active, kho.sysfs = (
-        bool(kh["kho_enable"]),
-        bool(kh["active"]),
-        bool(kh["sysfs"]),
-    )
-    kho.sizing = ScratchSizing(*map(int, kh["sizing"]))
-    kho.scratch = [KhoMem(int(a), int(s)) for a, s in kh["scratch"]]
-    kho.dt_max, kho.fdt_serial = int(kh["dt_max"]), int(kh["fdt_serial"])
-    kho.fdt, kho.dt_fw = _blob(blobs, kh["fdt"]), _blob(blobs, kh["dt_fw"])
-    fdt_in = _blob(blobs, kh["fdt_in"])
-    kho.fdt_in = Fdt(fdt_in) if fdt_in is not None else None
-    kho.fdt_in_phys, kho.scratch_in_phys = int(kh["fdt_in_phys"]), int(kh["scratch_in_phys"])
-    k.reserve_mem.table = [
-        ReserveMemRegion(str(n), int(s), int(z)) for n, s, z in ks["reserve_mem"]
-    ]
-    saved_drivers = dict(ks["drivers"])
+    _restore_memblock(k.memblock, ks["memblock"])
+    _restore_kho(k, ks["kho"], blobs)
+    regions = []
+    for field in ks["reserve_mem"].items():
+        name, start, size = field.items(3)
+        text = name.text(line=True)
+        if not text or " " in text:
+            raise name.bad("is not a reserve_mem name")
+        regions.append(
+            ReserveMemRegion(text, *ram_range(field, mem, start.integer(), size.integer()))
+        )
+    k.reserve_mem.table = regions
+    saved_drivers: dict[str, dict[str, Any]] = {}
+    for field in ks["drivers"].items():
+        driver_name, driver_state = field.items(2)
+        if not isinstance(driver_state.value, dict):
+            raise driver_state.bad("is not an object")
+        saved_drivers[driver_name.text()] = driver_state.value
     for driver in k.drivers:
+        # What a driver keeps is its own to check; whatever it accepts must lie in RAM.
         driver.set_state(saved_drivers.get(driver.name) or {})
+        for region in driver.regions():
+            if region.size <= 0 or not mem.is_ram(region.start, region.size):
+                raise StateError(
+                    f"corrupted file (bad metadata: driver {driver.name!r} region "
+                    f"{region.name!r} is not RAM)"
+                )
     participants: dict[str, NotifierBlock] = {
         "reserve_mem": ReserveMemKhoParticipant(k.reserve_mem)
     }
     participants.update({d.name: d for d in k.drivers})
-    for name in kh["participants"]:
-        if name not in participants:
+    for field in ks["kho"]["participants"].items():
+        participant = field.text()
+        if participant not in participants:
             raise StateError(
-                f"the saved kernel has KHO participant {name!r}, which is not available"
+                f"the saved kernel has KHO participant {participant!r}, which is not available"
             )
-        kho.register_kho_notifier(participants[name])
-    if ks["kexec"] is not None:
-        k.kexec.kexec_image = _restore_kimage(ks["kexec"], blobs)
+        k.kho.register_kho_notifier(participants[participant])
+    kexec = ks["kexec"].optional()
+    if kexec is not None:
+        k.kexec.kexec_image = _restore_kimage(kexec, blobs, mem)
     return k
 
 
-def _restore_kimage(st: dict[str, Any], blobs: list[bytes]) -> Kimage:
-    segments = []
-    for name, blob, memsz, align, bmin, bmax, top_down, mem in st["segments"]:
-        data = _blob(blobs, blob) or b""
-        kbuf = KexecBuf(
-            str(name), data, int(memsz), int(align), int(bmin), int(bmax), bool(top_down), int(mem)
+def _restore_log(field: _Field) -> list[LogRecord]:
+    """``[usec, text, level]`` records; files written before levels hold ``[usec, text]``
+    (level: info).  Timestamps never go back."""
+    records = []
+    last = 0
+    for record in field.items():
+        parts = record.items()
+        if len(parts) not in (2, 3):
+            raise record.bad("is not [usec, text, level]")
+        usec = parts[0].integer(last, S64_MAX)
+        level = parts[2].integer(KERN_EMERG, KERN_DEBUG) if len(parts) == 3 else KERN_INFO
+        records.append(LogRecord(usec, parts[1].text(line=True), level))
+        last = usec
+    return records
+
+
+def _restore_memblock(mb: Memblock, field: _Field) -> None:
+    for name in ("memory", "reserved"):
+        regions = []
+        for r in field[name].items():
+            base, size, flags, nid = r.items(4)
+            regions.append(
+                MemblockRegion(
+                    base.integer(),
+                    size.integer(1),
+                    flags.integer(0, U32_MAX),
+                    nid.integer(-1, MAX_NUMNODES),
+                )
+            )
+        getattr(mb, name).regions = regions
+    mb.bottom_up = field["bottom_up"].boolean()
+    mb.kho_scratch_only = field["kho_scratch_only"].boolean()
+    mb.current_limit = field["current_limit"].integer()
+    try:
+        mb.check_invariants()
+    except AssertionError as exc:
+        raise field.bad(f"lists are inconsistent ({exc})") from None
+
+
+def _restore_kho(k: Kernel, kh: _Field, blobs: list[bytes]) -> None:
+    kho, mem = k.kho_v4, k.mem
+    if not isinstance(kho, Kho):
+        raise StateError("the saved machine's kernel has no v4 KHO to restore into")
+    kho.kho_enable = kh["kho_enable"].boolean()
+    kho.active = kh["active"].boolean()
+    kho.sysfs = kh["sysfs"].boolean()
+    scale, size_global, size_pernode = kh["sizing"].items(3)
+    kho.sizing = ScratchSizing(
+        scale.integer(0, U32_MAX), size_global.integer(), size_pernode.integer()
+    )
+    # `kho_scratch=0%` makes empty areas
+    kho.scratch = [KhoMem(*area.range(mem, empty=True)) for area in kh["scratch"].items()]
+    kho.dt_max, kho.fdt_serial = kh["dt_max"].integer(), kh["fdt_serial"].integer(0, S64_MAX)
+    kho.fdt = kh["fdt"].blob(blobs, fdt=True)
+    kho.dt_fw = kh["dt_fw"].blob(blobs, fdt=True)
+    if kho.active != (kho.fdt is not None):
+        raise kh.bad("has an FDT exactly when not active")
+    fdt_in = kh["fdt_in"].blob(blobs, fdt=True)
+    kho.fdt_in = Fdt(fdt_in) if fdt_in is not None else None
+    kho.fdt_in_phys, kho.scratch_in_phys = (
+        kh["fdt_in_phys"].integer(),
+        kh["scratch_in_phys"].integer(),
+    )
+
+
+def _restore_kimage(st: _Field, blobs: list[bytes], mem: PhysicalMemory) -> Kimage:
+    segments: dict[str, KexecBuf] = {}
+    for field in st["segments"].items():
+        name, blob, memsz, align, bmin, bmax, top_down, at = field.items(8)
+        data = blob.blob(blobs) or b""
+        start, size = ram_range(field, mem, at.integer(), memsz.integer())
+        if len(data) > size:
+            raise field.bad("holds more bytes than its memory size")
+        text = name.text(line=True)
+        if text in segments:
+            raise field.bad(f"repeats the segment name {text!r}")
+        segments[text] = KexecBuf(
+            text,
+            data,
+            size,
+            align.integer(),
+            bmin.integer(),
+            bmax.integer(),
+            top_down.boolean(),
+            start,
         )
-        segments.append(kbuf)
-    image = Kimage(segments, str(st["cmdline"]), bool(st["file_mode"]))
-    by_name = {s.name: s for s in segments}
-    for ref, name in st["refs"].items():
-        if ref not in KIMAGE_REFS:
-            raise StateError(f"corrupted file (unknown kexec reference {ref!r})")
-        setattr(image, ref, by_name[name] if name is not None else None)
+    image = Kimage(list(segments.values()), st["cmdline"].cmdline(), st["file_mode"].boolean())
+    refs = st["refs"]
+    if not isinstance(refs.value, dict) or set(refs.value) != set(KIMAGE_REFS):
+        raise refs.bad(f"does not name exactly {', '.join(KIMAGE_REFS)}")
+    for ref in KIMAGE_REFS:
+        target = refs[ref].optional()
+        if target is None:
+            if ref in ("kernel", "boot_params"):
+                raise refs[ref].bad("is missing: the image cannot boot")
+            continue
+        segment = segments.get(target.text())
+        if segment is None:
+            raise target.bad("names no segment")
+        setattr(image, ref, segment)
     return image

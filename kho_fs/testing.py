@@ -150,9 +150,13 @@ def mounted(
 
 
 def _force_unmount(mountpoint: Path, pid: int | None) -> None:
-    """Last resort after a failed unmount: lazy unmount, then kill the daemon."""
-    from kho_fs.daemon import unmount_command
+    """After a failed unmount (a state file that cannot be written, a busy mount): unmount
+    without saving; as a last resort lazily unmount and kill the daemon."""
+    from kho_fs.cli import CommandError
+    from kho_fs.daemon import unmount, unmount_command
 
+    with suppress(CommandError, OSError):
+        unmount(str(mountpoint), discard=True)
     if os.path.ismount(mountpoint):
         subprocess.run(unmount_command(str(mountpoint), lazy=True), capture_output=True)
     if pid is not None:

@@ -73,7 +73,7 @@ def model_cycle(memory: int, repeats: int) -> dict[str, float]:
         def cycle() -> float:
             t = time.perf_counter()
             k = m.kernel
-            k.kho.active_store(b"1")
+            k.kho_v4.active_store(b"1")
             k.kexec.kexec_file_load(image, None, k.cmdline)
             m.kexec_exec()
             elapsed = time.perf_counter() - t

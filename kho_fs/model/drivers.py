@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kho_fs.model.cmdline import memparse, parameq
+from kho_fs.model.dmesg import KERN_ERR, KERN_INFO, KERN_WARNING
 from kho_fs.model.fdt import FdtSw
 from kho_fs.model.kho import KEXEC_KHO_ABORT, KEXEC_KHO_DUMP
 from kho_fs.model.notifier import NOTIFY_BAD, NOTIFY_DONE
@@ -42,9 +43,15 @@ class KhoDriver:
     """Base class: override what you need; the defaults do nothing and succeed."""
 
     name = "driver"
+    #: KHO implementations (``Release.kho``) whose API this driver uses; on a kernel with
+    #: another one it is not built in (it does not load).
+    kho_kinds: frozenset[str] = frozenset({"v4"})
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
+
+    def supports(self, kernel: Kernel) -> bool:
+        return kernel.kho.kind in self.kho_kinds
 
     def early_init(self, args: list[tuple[str, str | None]]) -> None:
         """Boot options are parsed; memblock allocations are possible."""
@@ -107,14 +114,16 @@ class KhoExampleDriver(KhoDriver):
         if start is None:
             start = self.kernel.memblock.memblock_phys_alloc(size, PAGE_SIZE)
             if not start:
-                self.kernel.printk(f"{self.name}: cannot allocate {hex_(size)} bytes")
+                self.kernel.printk(f"{self.name}: cannot allocate {hex_(size)} bytes", KERN_ERR)
                 return
         self.buffer = DriverRegion("buffer", start, size)
         how = "restored from KHO" if restored else "allocated"
-        self.kernel.printk(f"{self.name}: buffer {how} at {hex_(start)} ({hex_(size)} bytes)")
+        self.kernel.printk(
+            f"{self.name}: buffer {how} at {hex_(start)} ({hex_(size)} bytes)", KERN_INFO
+        )
 
     def _kho_restore(self, size: int) -> int | None:
-        fdt = self.kernel.kho.fdt_in
+        fdt = self.kernel.kho_v4.fdt_in
         if fdt is None:
             return None
         node = fdt.path_offset("/" + self.name)
@@ -126,7 +135,8 @@ class KhoExampleDriver(KhoDriver):
         start, old_size = struct.unpack("<QQ", mem)
         if old_size != size or start % PAGE_SIZE:
             self.kernel.printk(
-                f"{self.name}: preserved buffer does not match, allocating a new one"
+                f"{self.name}: preserved buffer does not match, allocating a new one",
+                KERN_WARNING,
             )
             return None
         return int(start)

@@ -183,6 +183,26 @@ class Fdt:
             return False
         return compat.encode("latin-1") in value.split(b"\0")
 
+    def node_check_compatible(self, offset: int, compat: str) -> int:
+        """``fdt_node_check_compatible``: 0 on a match, 1 when the list lacks ``compat``,
+        ``-FDT_ERR_NOTFOUND`` without a ``compatible`` property (the kernel prints it)."""
+        value = self.getprop(offset, "compatible")
+        if value is None:
+            return -FDT_ERR_NOTFOUND
+        return 0 if compat.encode("latin-1") in value.split(b"\0") else 1
+
+    def prop_value_offset(self, node: int, name: str) -> int | None:
+        """Offset in the blob of the value of property ``name`` of ``node`` (for code that
+        patches a value in place, as the kernel does through ``fdt_getprop_w``)."""
+        quiet = tuple(range(1, 20))
+        off = self._ro.first_property_offset(node, quiet=quiet)
+        while off >= 0:
+            prop = self._ro.get_property_by_offset(off, quiet=quiet)
+            if not isinstance(prop, int) and prop.name == name:
+                return int(libfdt.fdt_off_dt_struct(self._ro._fdt)) + int(off) + 12
+            off = self._ro.next_property_offset(off, quiet=quiet)
+        return None
+
     def walk(self) -> Iterator[tuple[str, list[FdtProperty]]]:
         """Every node in FDT order, as (path, properties in order)."""
         quiet = tuple(range(1, 20))

@@ -7,11 +7,11 @@ hardware (RAM and its contents) and creates a new ``Kernel`` for every boot.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from kho_fs.model.cmdline import parameq, parse_args
-from kho_fs.model.dmesg import KernelLog
+from kho_fs.model.dmesg import KERN_EMERG, KERN_INFO, KERN_NOTICE, KERN_WARNING, KernelLog
 from kho_fs.model.kexec import (
     BP_CMD_LINE_PTR,
     BP_EXT_CMD_LINE_PTR,
@@ -21,15 +21,34 @@ from kho_fs.model.kexec import (
     Kexec,
 )
 from kho_fs.model.kho import Kho
+from kho_fs.model.kho_mainline import KhoMainline
+from kho_fs.model.kho_none import KhoNone
 from kho_fs.model.memblock import Memblock
-from kho_fs.model.reserve_mem import ReserveMem, ReserveMemKhoParticipant
+from kho_fs.model.page_alloc import PageAllocator
+from kho_fs.model.releases import DEFAULT_RELEASE, KHO_MAINLINE, KHO_NONE, KHO_V4, RELEASES, Release
+from kho_fs.model.reserve_mem import ReserveMem
 from kho_fs.model.units import PAGE_SIZE, SZ_1M
 
 if TYPE_CHECKING:
     from kho_fs.model.drivers import KhoDriver
     from kho_fs.model.physmem import PhysicalMemory
 
-UTS_RELEASE = "6.14.0-rc1-kho-v4"
+UTS_RELEASE = RELEASES[DEFAULT_RELEASE].uts_release
+KHO_STRATEGIES: dict[str, Callable[[Kernel], Kho | KhoMainline | KhoNone]] = {
+    KHO_NONE: KhoNone,
+    KHO_V4: Kho,
+    KHO_MAINLINE: KhoMainline,
+}
+#: Parameters every modelled kernel knows besides its KHO ones (a subset of x86-64's).
+KNOWN_PARAMS = frozenset(
+    {
+        "console", "earlycon", "earlyprintk", "loglevel", "quiet", "debug", "ignore_loglevel",
+        "root", "rootfstype", "rootwait", "rw", "ro", "init", "rdinit", "initrd", "nokaslr", "mem",
+        "memmap", "crashkernel", "reserve_mem", "panic", "nosmp", "maxcpus", "nr_cpus", "noapic",
+        "nolapic", "acpi", "audit", "selinux", "apparmor", "splash", "memblock", "numa", "nopti",
+        "mitigations",
+    }
+)
 REALMODE_TRAMPOLINE_SIZE = 24 * 1024
 MEMMAP_SHIFT = 6  # struct page is 64 bytes per 4 KiB page: 1/64 of a node's RAM
 SETUP_DATA_MAX_NODES = 64  # guard against a looping chain written through /dev/mem
@@ -59,23 +78,52 @@ class Kernel:
         generation: int,
         drivers: Sequence[Callable[[Kernel], KhoDriver]] = (),
         on_change: Callable[[], None] | None = None,
+        release: Release = RELEASES[DEFAULT_RELEASE],
     ) -> None:
         self.mem = mem
         self.boot = boot
         self.generation = generation
+        self.release = release
         self.log = KernelLog()
         self.memblock = Memblock()
-        self.kho = Kho(self)
+        self.kho = KHO_STRATEGIES[release.kho](self)
         self.reserve_mem = ReserveMem(self)
         self.kexec = Kexec(self)
-        self.drivers: list[KhoDriver] = [make(self) for make in drivers]
+        self._pages: PageAllocator | None = None
+        self.drivers: list[KhoDriver] = [
+            d for d in (make(self) for make in drivers) if d.supports(self)
+        ]
         self.cmdline = boot.cmdline
         self.panic: str | None = None
         self._on_change = on_change
 
     # -- helpers ---------------------------------------------------------------------
-    def printk(self, text: str) -> None:
-        self.log.printk(text)
+    def printk(self, text: str, level: int = KERN_INFO) -> None:
+        self.log.printk(text, level)
+        self.changed()  # the dmesg files grew: cached sizes must not stay stale
+
+    @property
+    def pages(self) -> PageAllocator:
+        """The page allocator; it exists once memblock has handed memory over."""
+        if self._pages is None:
+            raise RuntimeError("page allocator used before mm init")
+        return self._pages
+
+    @property
+    def kho_v4(self) -> Kho:
+        """The KHO of a v4-series kernel, for code that exists only there (the v4 sysfs
+        handlers, the v4 state file); TypeError on another release."""
+        if not isinstance(self.kho, Kho):
+            raise TypeError(f"release {self.release.name} has no v4 KHO")
+        return self.kho
+
+    @property
+    def linux_banner(self) -> str:
+        """``Linux version …``: dmesg's first line and ``/proc/version``."""
+        return (
+            f"Linux version {self.release.uts_release} (kho-fs) "
+            f"#{self.generation + 1} SMP PREEMPT_DYNAMIC"
+        )
 
     def changed(self) -> None:
         """Tell the machine that something visible in the tree may have changed."""
@@ -106,17 +154,15 @@ class Kernel:
             self._boot()
         except BootFailed as exc:
             self.panic = str(exc)
-            self.printk(str(exc))
+            self.printk(str(exc), KERN_EMERG)  # panic() prints with pr_emerg
 
     def _boot(self) -> None:
         mb, boot = self.memblock, self.boot
         kho_args = None
         if boot.boot_params is not None:
             self.cmdline = self._read_cmdline(boot.boot_params)
-        self.printk(
-            f"Linux version {UTS_RELEASE} (kho-fs) #{self.generation + 1} SMP PREEMPT_DYNAMIC"
-        )
-        self.printk(f"Command line: {self.cmdline}")
+        self.printk(self.linux_banner, KERN_NOTICE)
+        self.printk(f"Command line: {self.cmdline}", KERN_INFO)
         args = parse_args(self.cmdline)
         # setup_arch: early_reserve_memory (v4 patch 11: RSRV_KERN for image, initrd, setup_data)
         mb.memblock_reserve_kern(*boot.image)
@@ -127,11 +173,13 @@ class Kernel:
         if kho_args is not None:
             self.kho.kho_populate(*kho_args)
         # parse_early_param: a handler returning False makes do_early_param complain
-        early = {"kho": self.kho.kho_parse_enable, "kho_scratch": self.kho.kho_parse_scratch_size}
+        early = self.kho.early_params()
+        if self.release.reports_unknown_params:
+            self._report_unknown_params(args, early)
         for param, value in args:
             handler = next((h for name, h in early.items() if parameq(param, name)), None)
             if handler is not None and not handler(value):
-                self.printk(f"Malformed early option '{param}'")
+                self.printk(f"Malformed early option '{param}'", KERN_WARNING)
         # e820__memblock_setup and the first MiB
         for r in self.mem.ram:
             mb.memblock_add(r.start, r.size)
@@ -156,11 +204,36 @@ class Kernel:
         self.kho.kho_memory_init()
         mb.kho_scratch_only = False
         mb.memmap_init_reserved_pages()
-        # initcalls
-        self.kho.register_kho_notifier(ReserveMemKhoParticipant(self.reserve_mem))
+        self._pages = PageAllocator(self.mem, mb)
+        # initcalls, by level: core, fs, device (drivers), late (link order: kernel/, mm/)
+        self.kho.core_initcalls()
+        if self.kho.init_level == "fs":
+            self.kho.kho_init()
         for driver in self.drivers:
             driver.init()
-        self.kho.kho_init()
+        if self.kho.init_level == "late":
+            self.kho.kho_init()
+        self.reserve_mem.reserve_mem_init()
+
+    def _report_unknown_params(
+        self, args: list[tuple[str, str | None]], early: Mapping[str, object]
+    ) -> None:
+        """init/main.c: unknown words go to init, logged once (spec §15.2)."""
+        known = KNOWN_PARAMS | set(early) | set(self.release_params())
+        plain = [p for p, v in args if v is None and p not in known and "." not in p]
+        env = [
+            f"{p}={v}" for p, v in args if v is not None and p not in known and "." not in p
+        ]
+        if plain or env:
+            self.printk(
+                "Unknown kernel command line parameters "
+                f'"{" ".join(plain + env)}", will be passed to user space.',
+                KERN_NOTICE,
+            )
+
+    def release_params(self) -> list[str]:
+        """Boot parameters of optional subsystems this release has."""
+        return ["liveupdate"] if self.release.liveupdate else []
 
     def _read_cmdline(self, boot_params: int) -> str:
         lo, hi = (
@@ -170,7 +243,7 @@ class Kernel:
         raw = self.mem.read(lo | (hi << 32), COMMAND_LINE_SIZE)
         return raw.split(b"\0", 1)[0].decode("latin-1")
 
-    def _parse_setup_data(self, boot_params: int) -> tuple[int, int, int] | None:
+    def _parse_setup_data(self, boot_params: int) -> tuple[int, int, int, int] | None:
         """Walk the setup_data chain; reserve each node; return the KHO node's payload."""
         found = None
         addr = struct.unpack("<Q", self.mem.read(boot_params + BP_SETUP_DATA, 8))[0]
@@ -180,14 +253,11 @@ class Kernel:
             nxt, type_, length = struct.unpack("<QII", self.mem.read(addr, 16))
             self.memblock.memblock_reserve_kern(addr, 16 + length)
             if type_ == SETUP_KEXEC_KHO and length >= 32:
-                dt_addr, _dt_size, scratch_addr, scratch_size = struct.unpack(
-                    "<QQQQ", self.mem.read(addr + 16, 32)
-                )
-                found = (dt_addr, scratch_addr, scratch_size)
+                found = struct.unpack("<QQQQ", self.mem.read(addr + 16, 32))
             addr = nxt
         return found
 
     # -- views -------------------------------------------------------------------------
     @property
     def handover(self) -> bool:
-        return self.kho.fdt_in is not None
+        return self.kho.handover

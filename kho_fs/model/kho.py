@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from kho_fs.model.cmdline import (
@@ -19,6 +20,7 @@ from kho_fs.model.cmdline import (
     kstrtobool,
     kstrtoull,
 )
+from kho_fs.model.dmesg import KERN_ERR, KERN_INFO, KERN_NOTICE, KERN_WARNING
 from kho_fs.model.errors import KernelError
 from kho_fs.model.fdt import FDT_MAGIC, Fdt, FdtSw, fdt_check_header, fdt_header_totalsize
 from kho_fs.model.memblock import MEMBLOCK_ALLOC_ACCESSIBLE, NUMA_NO_NODE
@@ -65,6 +67,10 @@ def kho_mem_unpack(data: bytes) -> list[KhoMem]:
 class Kho:
     """One kernel's KHO state: ``kho_out`` (what it will hand over) and ``kho_in``."""
 
+    kind = "v4"
+    scratch_names: tuple[str, ...] = ("global",)  # labels of the first scratch areas
+    init_level = "late"  # kho_init is a late initcall
+
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.kho_enable = False
@@ -84,6 +90,9 @@ class Kho:
         self.dt_fw: bytes | None = None  # /sys/firmware/kho/dt_fw
 
     # -- early parameters ----------------------------------------------------------
+    def early_params(self) -> dict[str, Callable[[str | None], bool]]:
+        return {"kho": self.kho_parse_enable, "kho_scratch": self.kho_parse_scratch_size}
+
     def kho_parse_enable(self, value: str | None) -> bool:
         parsed = kho_parse_enable(value)
         if parsed is None:
@@ -96,7 +105,7 @@ class Kho:
         if parsed is None:
             return False
         self.sizing, message = parsed
-        self.kernel.printk(message)
+        self.kernel.printk(message, KERN_NOTICE)
         return True
 
     # -- first boot: scratch reservation (mm_core_init -> kho_memory_init) ----------------
@@ -140,7 +149,9 @@ class Kho:
         self.kernel.mem.write(table, kho_mem_pack(areas))
 
     # -- boot with handover ------------------------------------------------------------
-    def kho_populate(self, fdt_phys: int, scratch_phys: int, scratch_len: int) -> None:
+    def kho_populate(
+        self, fdt_phys: int, _fdt_len: int, scratch_phys: int, scratch_len: int
+    ) -> None:
         """Take over the previous kernel's FDT and scratch table (called from setup_arch)."""
         k = self.kernel
         header = k.mem.read(fdt_phys, 40)
@@ -148,14 +159,17 @@ class Kho:
         valid = header[:4] == FDT_MAGIC_BYTES and 40 <= total <= INT_MAX
         blob = k.mem.read(fdt_phys, total) if valid else header
         if not valid or fdt_check_header(blob):
-            k.printk(f"KHO: setup: kexec handover FDT is invalid ({hex_(fdt_phys)})")
+            k.printk(f"KHO: setup: kexec handover FDT is invalid ({hex_(fdt_phys)})", KERN_WARNING)
             return
         self.fdt_in_phys = fdt_phys
         self.fdt_in = Fdt(blob)
         k.memblock.memblock_reserve(fdt_phys, len(blob))
         count = scratch_len // KHO_MEM_SIZE
         if count == 0:
-            k.printk(f"KHO: setup: failed to memremap kexec scratch ({hex_(scratch_phys)})")
+            k.printk(
+                f"KHO: setup: failed to memremap kexec scratch ({hex_(scratch_phys)})",
+                KERN_WARNING,
+            )
             return
         table = kho_mem_unpack(k.mem.read(scratch_phys, count * KHO_MEM_SIZE))
         for area in table:
@@ -165,7 +179,9 @@ class Kho:
         k.memblock.kho_scratch_only = True
         self.scratch = table
         self.scratch_in_phys = scratch_phys
-        k.printk("KHO: setup: Found kexec handover data. Will skip init for some devices")
+        k.printk(
+            "KHO: setup: Found kexec handover data. Will skip init for some devices", KERN_INFO
+        )
 
     def kho_reserve_previous_mem(self) -> None:
         """Reserve every range named by a ``mem`` property of the incoming FDT (6.6)."""
@@ -179,7 +195,8 @@ class Kho:
             if len(entries) > 1:
                 self.kernel.printk(
                     f"kho-fs: {path}: mem property has {len(entries)} entries; "
-                    "only the first is reserved (v4 behaviour)"
+                    "only the first is reserved (v4 behaviour)",
+                    KERN_WARNING,
                 )
             self.kernel.memblock.memblock_reserve(entries[0].addr, entries[0].size)
 
@@ -197,6 +214,21 @@ class Kho:
         self.sysfs = True
         if self.fdt_in is not None:
             self.dt_fw = self.fdt_in.blob
+
+    def core_initcalls(self) -> None:
+        """The reserve_mem participant registers before any driver (v4 patch 13)."""
+        from kho_fs.model.reserve_mem import ReserveMemKhoParticipant
+
+        self.register_kho_notifier(ReserveMemKhoParticipant(self.kernel.reserve_mem))
+
+    @property
+    def handover(self) -> bool:
+        return self.fdt_in is not None
+
+    def status_lines(self) -> list[str]:
+        if not self.sysfs:
+            return ["KHO:         disabled (no /sys/kernel/kho)"]
+        return [f"KHO:         enabled, active={int(self.active)}, dt_max={self.dt_max:#x}"]
 
     # -- outgoing: notifiers, serialize, abort ---------------------------------------
     def register_kho_notifier(self, nb: NotifierBlock) -> None:
@@ -259,7 +291,7 @@ class Kho:
         if value:
             err = self.kho_serialize()
             if err:
-                self.kernel.printk(f"KHO: failed to serialize state: {err}")
+                self.kernel.printk(f"KHO: failed to serialize state: {err}", KERN_ERR)
                 raise KernelError(errno.EINVAL, f"failed to serialize state: {err}")
             self.active = True
         else:

@@ -8,6 +8,7 @@ from kho_fs.model.drivers import BUILTIN_DRIVERS, KhoDriver
 from kho_fs.model.errors import KernelError
 from kho_fs.model.kernel import BootInfo, Kernel
 from kho_fs.model.physmem import PhysicalMemory
+from kho_fs.model.releases import DEFAULT_RELEASE, RELEASES, Release, get_release
 from kho_fs.model.reserve_mem import ReserveMemRegion
 from kho_fs.model.units import SZ_1M, SZ_16M
 
@@ -20,8 +21,9 @@ class Machine:
     """RAM and NUMA layout plus the current :class:`Kernel`.
 
     ``version`` increases whenever something a file tree shows may have appeared, gone
-    or been replaced (activation, abort, kexec load, exec, reboot), so views can refresh
-    cheaply instead of caching copies of the model.
+    or been replaced (activation, abort, kexec load, exec, reboot), or a file's size may
+    have changed (every dmesg line), so views can refresh cheaply instead of caching copies
+    of the model.
     """
 
     def __init__(
@@ -29,9 +31,11 @@ class Machine:
         mem: PhysicalMemory,
         cmdline: str,
         drivers: Sequence[Callable[[Kernel], KhoDriver]] | None = None,
+        release: Release = RELEASES[DEFAULT_RELEASE],
     ) -> None:
         self.mem = mem
         self.cold_cmdline = cmdline
+        self.cold_release = release  # what the firmware boots (the installed kernel)
         self.drivers = list(BUILTIN_DRIVERS.values()) if drivers is None else list(drivers)
         self.generation = 0  # kexecs since the last cold boot
         self.boots = 0
@@ -45,22 +49,31 @@ class Machine:
         nodes: int = 1,
         cmdline: str = DEFAULT_CMDLINE,
         drivers: Sequence[Callable[[Kernel], KhoDriver]] | None = None,
+        release: str = DEFAULT_RELEASE,
     ) -> Machine:
         """Build and cold-boot a machine; ValueError (a user-facing message) on bad input."""
+        rel = get_release(release)
         if "\0" in cmdline:
             raise ValueError("the command line must not contain NUL bytes")
         if len(cmdline) >= 2048:
             raise ValueError("the command line must be shorter than 2048 bytes")
         if not all(ord(c) < 256 for c in cmdline):
             raise ValueError("the command line must consist of bytes (latin-1 characters)")
-        return cls(PhysicalMemory(memory, nodes), cmdline, drivers)
+        return cls(PhysicalMemory(memory, nodes), cmdline, drivers, rel)
 
     # -- lifecycle -----------------------------------------------------------------------
     def _changed(self) -> None:
         self.version += 1
 
-    def _start(self, boot: BootInfo) -> Kernel:
-        kernel = Kernel(self.mem, boot, self.generation, self.drivers, on_change=self._changed)
+    def _start(self, boot: BootInfo, release: Release | None = None) -> Kernel:
+        kernel = Kernel(
+            self.mem,
+            boot,
+            self.generation,
+            self.drivers,
+            on_change=self._changed,
+            release=release or self.cold_release,
+        )
         self.boots += 1
         kernel.start_kernel()
         self._changed()
@@ -119,6 +132,7 @@ class Machine:
         """A human summary for ``kho-fs status``."""
         k = self.kernel
         lines = [
+            f"release:     {k.release.name} ({k.release.uts_release})",
             f"generation:  {self.generation} kexec(s) since cold boot ({self.boots} boots in all)",
             f"cmdline:     {k.cmdline}",
             f"state:       {'PANICKED: ' + k.panic if k.panic else 'running'}",
@@ -126,13 +140,11 @@ class Machine:
         for nid in range(self.mem.nr_nodes):
             lines.append(f"node {nid}:      {self.mem.node_size(nid) >> 20} MiB RAM")
         kho = k.kho
-        if kho.sysfs:
-            lines.append(f"KHO:         enabled, active={int(kho.active)}, dt_max={kho.dt_max:#x}")
-        else:
-            lines.append("KHO:         disabled (no /sys/kernel/kho)")
-        lines.append(f"handover:    {'yes, dt_fw present' if k.handover else 'no'}")
+        lines += kho.status_lines()
+        lines.append(f"handover:    {_handover_status(k)}")
+        first = kho.scratch_names
         for i, area in enumerate(kho.scratch):
-            label = "global" if i == 0 else f"node {i - 1}"
+            label = first[i] if i < len(first) else f"node {i - len(first)}"
             lines.append(f"scratch:     {label:7s} {area.addr:#x} + {area.size:#x}")
         for r in k.reserve_mem.table:
             lines.append(f"reserve_mem: {r.name:15s} {r.start:#x} + {r.size:#x}")
@@ -140,5 +152,18 @@ class Machine:
         if loaded is None:
             lines.append("kexec:       nothing loaded")
         else:
-            lines.append(f"kexec:       loaded{' with KHO data' if loaded.kho_fdt else ''}")
+            lines.append(f"kexec:       loaded{' with KHO data' if loaded.kho_scratch else ''}")
         return "\n".join(lines) + "\n"
+
+
+def _handover_status(k: Kernel) -> str:
+    """Whether this boot received a handover, and whether ``dt_fw`` shows it: a v4 kernel
+    creates ``/sys/firmware/kho`` only with KHO enabled (spec checklist 34). Releases
+    without ``dt_fw`` (mainline's debugfs interface) just say ``yes``."""
+    if not k.handover:
+        return "no"
+    if getattr(k.kho, "dt_fw", None) is not None:
+        return "yes, dt_fw present"
+    if hasattr(k.kho, "dt_fw"):
+        return "yes (KHO disabled: no /sys/firmware/kho)"
+    return "yes"

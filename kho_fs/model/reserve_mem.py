@@ -11,8 +11,9 @@ import struct
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kho_fs.model.cmdline import parse_reserve_mem
+from kho_fs.model.dmesg import KERN_INFO, KERN_WARNING
 from kho_fs.model.fdt import FdtSw
-from kho_fs.model.kho import KEXEC_KHO_ABORT, KEXEC_KHO_DUMP
+from kho_fs.model.kho import KEXEC_KHO_ABORT, KEXEC_KHO_DUMP, Kho
 from kho_fs.model.notifier import NOTIFY_BAD, NOTIFY_DONE
 from kho_fs.model.units import hex_
 
@@ -42,6 +43,18 @@ class ReserveMem:
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.table: list[ReserveMemRegion] = []
+        self.memblock_kho: Any = None  # mainline: the memblock sub-FDT owner
+
+    def reserve_mem_init(self) -> None:
+        """``late_initcall(reserve_mem_init)``: mainline kernels hand the table over
+        through the ``memblock`` sub-FDT (the v4 participant registered at core init)."""
+        from kho_fs.model.kho_mainline import KhoMainline
+        from kho_fs.model.memblock_kho import MemblockKho
+
+        kho = self.kernel.kho
+        if isinstance(kho, KhoMainline):
+            self.memblock_kho = MemblockKho(self, kho)
+            self.memblock_kho.reserve_mem_init()
 
     def reserve_mem_find_by_name(self, name: str) -> ReserveMemRegion | None:
         return next((r for r in self.table if r.size and r.name == name), None)
@@ -53,16 +66,34 @@ class ReserveMem:
         param = parse_reserve_mem(value)
         if param is None or self.reserve_mem_find_by_name(param.name):
             return
-        if self.reserve_mem_kho_revive(param.name, param.size, param.align):
+        if self._revive(param.name, param.size, param.align):
             return
         start = self.kernel.memblock.memblock_phys_alloc(param.size, param.align)
         if not start:
             return
         self.table.append(ReserveMemRegion(param.name, start, param.size))
 
+    def _revive(self, name: str, size: int, align: int) -> bool:
+        """Revival as the running kernel's KHO does it (v4 node or mainline sub-FDT)."""
+        from kho_fs.model.kho_mainline import KhoMainline
+        from kho_fs.model.memblock_kho import reserve_mem_kho_revive_mainline
+
+        kho = self.kernel.kho
+        if isinstance(kho, KhoMainline):
+            if not kho.handover:
+                return False
+            start = reserve_mem_kho_revive_mainline(self, kho, name, size, align)
+            if start is None:
+                return False
+            self.table.append(ReserveMemRegion(name, start, size))
+            return True
+        if not isinstance(kho, Kho) or kho.fdt_in is None:
+            return False
+        return self.reserve_mem_kho_revive(name, size, align)
+
     def reserve_mem_kho_revive(self, name: str, size: int, align: int) -> bool:
         """Take over the previous kernel's region ``name`` if it matches (spec 6.5)."""
-        fdt = self.kernel.kho.fdt_in
+        fdt = self.kernel.kho_v4.fdt_in
         if fdt is None:
             return False
         node = fdt.path_offset("/" + RESERVE_MEM_NODE)
@@ -70,13 +101,13 @@ class ReserveMem:
             return False
         printk = self.kernel.printk
         if not fdt.node_compatible(node, RESERVE_MEM_COMPATIBLE):
-            printk(f"Node '/{RESERVE_MEM_NODE}' has unknown compatible")
+            printk(f"Node '/{RESERVE_MEM_NODE}' has unknown compatible", KERN_WARNING)
             return False
         for child in fdt.subnodes(node):
             if fdt.get_name(child) != name:
                 continue
             if not fdt.node_compatible(child, RESERVE_MEM_MAP_COMPATIBLE):
-                printk(f"Node '/{RESERVE_MEM_NODE}/{name}' has unknown compatible")
+                printk(f"Node '/{RESERVE_MEM_NODE}/{name}' has unknown compatible", KERN_WARNING)
                 continue
             mem = fdt.getprop(child, "mem")
             if mem is None or len(mem) != 16:
@@ -84,16 +115,18 @@ class ReserveMem:
             start, old_size = struct.unpack("<QQ", mem)
             if start & (align - 1):  # the kernel's IS_ALIGNED, literal for odd aligns too
                 printk(
-                    f"KHO reserved_mem '{name}' has wrong alignment ({hex_(align)}, {hex_(start)})"
+                    f"KHO reserved_mem '{name}' has wrong alignment ({hex_(align)}, {hex_(start)})",
+                    KERN_WARNING,
                 )
                 continue
             if old_size != size:
                 printk(
-                    f"KHO reserved_mem '{name}' has wrong size ({hex_(old_size)} != {hex_(size)})"
+                    f"KHO reserved_mem '{name}' has wrong size ({hex_(old_size)} != {hex_(size)})",
+                    KERN_WARNING,
                 )
                 continue
             self.table.append(ReserveMemRegion(name, start, size))
-            printk(f"Revived memory reservation '{name}' from KHO")
+            printk(f"Revived memory reservation '{name}' from KHO", KERN_INFO)
             return True
         return False
 

@@ -22,7 +22,14 @@ Two steps are taken on purpose, never at random: one KHO kexec (activate, load, 
 the regions must come back at the same address with the bytes the fuzzer wrote) and one
 cold reboot (RAM must read as zeros afterwards).  ``machine/reboot`` and ``exec`` are
 otherwise never written: the generator refuses any control payload that would run
-``exec``.
+``exec``.  A third deliberate step boots ``reserve_mem=`` names of every class the spec
+accepts but a file system cannot take as they are (:data:`AWKWARD_NAMES`: ``.``, ``..``,
+names with ``/``, a name next to that name plus ``/``, ``%``, bytes above 0x7f, UTF-8 or
+not): once through ``machine/cmdline`` and a reboot, once as the command line of a KHO
+kexec through ``machine/kexec/cmdline`` and ``control``; every region must then be
+reachable under its documented spelling (:func:`region_spelling`) and ``machine/`` must
+keep answering.  Such command lines are also among the random payloads of
+``machine/cmdline`` and ``machine/kexec/cmdline``.
 
 Where the spec leaves the answer open, the prediction is a documented set (a kexec load
 with both an empty kernel and an over-long command line may give EINVAL or ENOEXEC) or the
@@ -44,12 +51,13 @@ import re
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 __all__ = [
+    "AWKWARD_NAMES",
     "FUZZ_CMDLINE",
     "FUZZ_MEMORY",
     "FUZZ_NODES",
@@ -63,6 +71,8 @@ __all__ = [
     "kstrtobool",
     "kstrtoull",
     "q35_ram_map",
+    "region_spelling",
+    "reserve_mem_table",
     "run_fuzz",
     "sysfs_store_buffer",
 ]
@@ -84,6 +94,7 @@ KHO_DT_MAX_DEFAULT = 10 << 20  # spec 3.4
 COMMAND_LINE_SIZE = 2048  # decisions.md: at most 2047 bytes
 KEXEC_STAGING_MAX = {"kernel": 1 << 30, "initrd": 1 << 30, "cmdline": 4096}  # decisions.md
 KEXEC_FILE_UNLOAD, KEXEC_FILE_ON_CRASH, KEXEC_FILE_NO_INITRAMFS = 0x1, 0x2, 0x4  # spec 9.1
+KEXEC_FILE_DEBUG = 0x8  # v6.7+ uapi: valid in v6.14, the v4 series' base
 KEXEC_COMMANDS = (b"kexec_file_load", b"kexec_load", b"unload", b"exec")
 FDT_MAGIC = b"\xd0\x0d\xfe\xed"
 
@@ -200,6 +211,43 @@ def q35_ram_map(installed: int) -> list[tuple[int, int]]:
     if installed > lowmem:
         ranges.append((4 << 30, (4 << 30) + installed - lowmem))
     return ranges
+
+
+#: reserve_mem names by class (issue 8): all valid for the kernel (spec 2.4: 1-15 bytes,
+#: not only whitespace, no FDT node-name check), none of them a file name as it is or
+#: plain ASCII.  No whitespace (the kernel's isspace includes 0xA0) and no ``"`` (it
+#: toggles quoting in next_arg), so each option stays one word.
+AWKWARD_NAMES: dict[str, tuple[bytes, ...]] = {
+    "dot": (b".", b".."),
+    "slash": (b"/", b"a/b", b"/x", b"x/", b"//", b"../x", b"./", b"a//b", b"/../"),
+    "percent": (b"%", b"%2F", b"%25", b"100%", b"%2E", b"%%"),
+    "utf-8": (b"\xc3\xa9", b"caf\xc3\xa9", b"\xe2\x82\xac", b"\xf0\x9f\x92\xbe", b"\xc3\xa9/"),
+    "not utf-8": (b"\xff", b"x\xffy", b"\x80", b"\xc3", b"\xe9t\xe9", b"\xfe\xfe/", b"\x85"),
+    "odd ascii": (b"...", b".a", b"a.", b"a:b", b"a=b", b"-", b"\x01\x7f", b"\\"),
+}
+#: Stems of the "prefix-plus-slash" class: ``stem`` and ``stem/tail`` side by side.
+_PREFIX_STEMS = (b"a", b".", b"..", b"\xc3\xa9", b"\xff", b"%")
+
+
+def region_spelling(name: bytes) -> bytes:
+    """README (Paths): the file name of region ``name``: its bytes, ``%`` -> ``%25``,
+    ``/`` -> ``%2F``; the whole names ``.`` and ``..`` are ``%2E`` and ``%2E%2E``."""
+    if name in (b".", b".."):
+        return b"%2E" * len(name)
+    return name.replace(b"%", b"%25").replace(b"/", b"%2F")
+
+
+def reserve_mem_table(options: Iterable[tuple[int, bytes]]) -> list[tuple[bytes, int]]:
+    """Spec 2.4 steps 1, 2, 7, 8, 9 (every allocation succeeds on the fuzzed machine):
+    the (name, size) table that ``reserve_mem=SIZE:4096:NAME`` options give, in order."""
+    table: list[tuple[bytes, int]] = []
+    for size, name in options:
+        if len(table) >= 8 or not size or not 0 < len(name) < 16:
+            continue
+        if not name.strip(b" \t\n\v\f\r\xa0") or any(n == name for n, _ in table):
+            continue
+        table.append((name, size))
+    return table
 
 
 def _kernel_words(text: bytes) -> list[bytes]:
@@ -494,10 +542,42 @@ class _Payloads:
 
     def cmdline(self) -> bytes:
         rng = self.rng
+        if rng.random() < 0.2:
+            return self.awkward_cmdline()[0] + rng.choice([b"", b"\n"])
         n = rng.choice([0, 1, 100, 2046, 2047, 2048, 2049, 4095, 4096, 5000])
         body = rng.choice([b"x" * n, (FUZZ_CMDLINE.encode() + b" ") * (n // 70 + 1), self.blob(n)])
         body = body[:n]
         return body + rng.choices([b"", b"\n", b"\n\n\n", b"\0tail"], [40, 40, 10, 10])[0]
+
+    def awkward_name(self, cls: str | None = None) -> bytes:
+        rng = self.rng
+        return rng.choice(AWKWARD_NAMES[cls or rng.choice(list(AWKWARD_NAMES))])
+
+    def awkward_options(self, keep: Sequence[tuple[int, bytes]] = ()) -> list[tuple[int, bytes]]:
+        """``(size, name)`` of ``reserve_mem=`` options: one name of every class of
+        :data:`AWKWARD_NAMES` and a prefix-plus-slash pair, in random order, with
+        options the kernel ignores (a duplicate, 0 or 16+ bytes, whitespace only) and
+        ``keep`` (options of an earlier boot, to be revived) mixed in."""
+        rng = self.rng
+        size = partial(rng.choice, [4096, 4097, 64 << 10, 1 << 20])
+        stem = rng.choice(_PREFIX_STEMS)
+        tail = rng.choice([b"b", b"", b".", b"..", b"\xff"])
+        names = [self.awkward_name(c) for c in AWKWARD_NAMES] + [stem, stem + b"/" + tail]
+        options = [(size(), n) for n in names] + list(keep)
+        rng.shuffle(options)
+        ignored = [b"", b"0123456789abcdef", b"%" * 16, options[0][1]]
+        for name in rng.sample(ignored, rng.randint(0, len(ignored))):
+            options.insert(rng.randrange(len(options) + 1), (size(), name))
+        return options
+
+    def awkward_cmdline(
+        self, keep: Sequence[tuple[int, bytes]] = ()
+    ) -> tuple[bytes, list[tuple[int, bytes]]]:
+        """A command line with :meth:`awkward_options`, and those options."""
+        options = self.awkward_options(keep)
+        words = [b"reserve_mem=%d:4096:%s" % option for option in options]
+        words.insert(self.rng.randrange(len(words) + 1), b"kho=on")
+        return b" ".join(words), options
 
 
 def _would_run_exec(payload: bytes) -> bool:
@@ -923,12 +1003,15 @@ class _Campaign:
                 flags = kstrtoull(words[1])
             except Refused as r:
                 return _expect(-r.errno)
-        if flags & ~(KEXEC_FILE_UNLOAD | KEXEC_FILE_ON_CRASH | KEXEC_FILE_NO_INITRAMFS):
+        valid = KEXEC_FILE_UNLOAD | KEXEC_FILE_ON_CRASH | KEXEC_FILE_NO_INITRAMFS
+        if flags & ~(valid | KEXEC_FILE_DEBUG):
             return _expect(-errno.EINVAL)
+        if flags & KEXEC_FILE_ON_CRASH:  # the crash slot: never the normal image
+            if flags & KEXEC_FILE_UNLOAD:
+                return _expect(ok)  # decisions.md: unloading the (empty) crash slot
+            return _expect(-errno.EOPNOTSUPP)  # decisions.md: crash images are refused
         if flags & KEXEC_FILE_UNLOAD:
             return _expect(ok, effect=lambda _: self.on_loaded(False))
-        if flags & KEXEC_FILE_ON_CRASH:
-            return _expect(-errno.EOPNOTSUPP)  # decisions.md: crash images are refused
         staged = self.state.staging
         errors = set()
         if len(c_string(bytes(staged["cmdline"])).rstrip(b"\n")) >= COMMAND_LINE_SIZE:
@@ -970,6 +1053,8 @@ class _Campaign:
         rel, limit = STAGING[name], KEXEC_STAGING_MAX[name]
         content = self.state.staging[name]
         payload = self.gen.blob()
+        if name == "cmdline" and rng.random() < 0.2:  # kexec command lines of issue 8
+            payload = self.gen.awkward_cmdline()[0] + b"\n"
         n = len(payload)
         small = min(limit, 256 << 10)
         offset = rng.choice(
@@ -978,11 +1063,11 @@ class _Campaign:
                 len(content),
                 rng.randrange(len(content) + 1),
                 rng.randrange(small),
-                max(limit - n + 1, 0),
                 limit,
                 1 << 40,
                 1 << 62,
-                *([max(limit - n, 0)] if limit <= PAGE_SIZE else []),  # never allocate 1 GiB
+                # straddling or just below the limit: never allocate 1 GiB
+                *([max(limit - n + 1, 0), max(limit - n, 0)] if limit <= PAGE_SIZE else []),
             ]
         )
         flags = self.fresh_flags(readable=True)
@@ -1002,19 +1087,21 @@ class _Campaign:
     def predict_staging(
         self, name: str, flags: int | None, offset: int, payload: bytes
     ) -> _Prediction:
-        """decisions.md: ordinary files up to their limit, EFBIG past it."""
+        """decisions.md: ordinary files up to their limit: a write starting at or past it
+        fails with EFBIG, one straddling it is cut there (short count)."""
         limit = KEXEC_STAGING_MAX[name]
         if flags is not None and flags & os.O_TRUNC:
             self.state.staging[name] = bytearray()  # the open truncates before the write
         if not payload:
             return _expect(0)
-        if offset + len(payload) > limit:
+        if offset >= limit:
             return _expect(-errno.EFBIG)
+        written = payload[: limit - offset]
 
         def store(_: int) -> None:
-            self.state.staging[name] = _overlay(self.state.staging[name], offset, payload, limit)
+            self.state.staging[name] = _overlay(self.state.staging[name], offset, written, limit)
 
-        return _expect(len(payload), effect=store)
+        return _expect(len(written), effect=store)
 
     def op_truncate(self) -> None:
         """ftruncate: staging files resize (EFBIG past their limit); every other writable
@@ -1327,6 +1414,111 @@ class _Campaign:
             self.fail("the rebooted kernel does not run the firmware command line")
         self.checkpoint(full=True)
 
+    def awkward_names(self) -> None:
+        """Issue 8: boot ``reserve_mem=`` names of every awkward class, by
+        ``machine/cmdline`` + ``machine/reboot`` and then as the command line of a KHO
+        kexec (``machine/kexec/cmdline`` + ``control``); each region must be reachable
+        under its spelling and ``machine/`` must keep answering.  Ends with a cold
+        reboot into :data:`FUZZ_CMDLINE`, so the campaign goes on where it was."""
+        self.close_kernel_files()
+        cmdline, options = self.gen.awkward_cmdline()
+        self.names_step_write(COLD_CMDLINE, cmdline + b"\n")
+        self.names_step_write("machine/reboot", b"1\n")
+        self.report.events["awkward cold boots"] += 1
+        table = reserve_mem_table(options)
+        self.check_awkward_boot(cmdline, table, revived=[])
+        # The same names (and new ones) handed over by a KHO kexec: kept ones revive.
+        kept = [(size, name) for name, size in table[: len(table) // 2 + 1]]
+        cmdline2, options2 = self.gen.awkward_cmdline(kept)
+        self.names_step_write(ACTIVE, b"1\n")
+        image = bytearray(self.rng.randbytes(64 << 10))
+        image[0x202:0x206] = b"\0\0\0\0"
+        for name, data in (("kernel", bytes(image)), ("cmdline", cmdline2 + b"\n")):
+            os.ftruncate(self.fds[STAGING[name]], 0)
+            self.names_step_write(STAGING[name], data)
+        os.ftruncate(self.fds[STAGING["initrd"]], 0)
+        self.names_step_write(CONTROL, b"kexec_file_load\n")
+        self.names_step_write(CONTROL, b"exec\n")
+        self.report.events["awkward kexecs"] += 1
+        table2 = reserve_mem_table(options2)
+        revived = [name for name, size in table2 if (name, size) in table]
+        self.check_awkward_boot(cmdline2, table2, revived=revived)
+        # Back to the campaign's machine: a cold reboot, as in cold_reboot().
+        self.names_step_write(COLD_CMDLINE, FUZZ_CMDLINE.encode() + b"\n")
+        self.names_step_write("machine/reboot", b"1\n")
+        st = self.state
+        st.active, st.dt_max, st.kexec_loaded = False, KHO_DT_MAX_DEFAULT, False
+        st.handover, st.serialize_log = False, []
+        st.cold_cmdline = FUZZ_CMDLINE.encode()
+        for name, rel in STAGING.items():
+            os.ftruncate(self.fds[rel], 0)
+            st.staging[name] = bytearray()
+        self.shadow.pages.clear()
+        self.open_kernel_files()
+        self.learn_boot()
+        self.checkpoint(full=True)
+
+    def names_step_write(self, rel: str, data: bytes) -> None:
+        """One whole write through a fresh descriptor; the step stops if it fails."""
+        fd = os.open(self.p(rel), os.O_WRONLY)
+        try:
+            got = os.write(fd, data)
+        except OSError as exc:
+            raise _StepFailed(f"names step: writing {_short(data)} to {rel}: {exc}") from None
+        finally:
+            os.close(fd)
+        self.report.per_file[f"{rel} (names step)"] += 1
+        if got != len(data):
+            raise _StepFailed(f"names step: {rel} took {got} of {len(data)} bytes")
+
+    def check_awkward_boot(
+        self, cmdline: bytes, table: list[tuple[bytes, int]], revived: list[bytes]
+    ) -> None:
+        """After a boot with awkward names: one file per region under its spelling, with
+        the region's size, its own memory (and a revived one its bytes of the last boot),
+        the names verbatim in the FDT, and ``machine/`` answering."""
+        root = os.fsencode(self.mnt)
+        if self.read("proc/cmdline") != cmdline + b"\n":
+            self.fail(f"names step: the kernel does not run {_short(cmdline)}")
+        if not {"cmdline", "reboot", "status", "dmesg", "kexec"} <= set(
+            os.listdir(self.p("machine"))
+        ):
+            self.fail(f"names step: machine/ lists {os.listdir(self.p('machine'))}")
+        self.read("machine/status")
+        spelled = {region_spelling(name): (name, size) for name, size in table}
+        directory = root + b"/machine/reserve_mem"
+        listing = sorted(os.listdir(directory)) if table else []
+        if listing != sorted(spelled):
+            self.fail(f"names step: machine/reserve_mem lists {listing}, want {sorted(spelled)}")
+            return
+        log = self.read("machine/dmesg", 1 << 26)
+        for spelling, (name, size) in spelled.items():
+            self.report.events["awkward regions checked"] += 1
+            path = directory + b"/" + spelling
+            tag = b"<" + hashlib.sha256(name).hexdigest()[:8].encode() + b">"
+            fd = os.open(path, os.O_RDWR)
+            try:
+                if os.fstat(fd).st_size != size:
+                    self.fail(f"names step: {spelling!r} has st_size {os.fstat(fd).st_size}")
+                old = os.pread(fd, len(tag), 0)
+                self.report.events["awkward regions revived"] += name in revived
+                if name in revived and old != tag:
+                    self.fail(f"names step: revived region {name!r} reads {old!r}, not {tag!r}")
+                if os.pwrite(fd, tag, 0) != len(tag) or os.pread(fd, len(tag), 0) != tag:
+                    self.fail(f"names step: region {name!r} does not keep {tag!r}")
+            finally:
+                os.close(fd)
+            line = b"] Revived memory reservation '" + name + b"' from KHO\n"
+            if (name in revived) != (line in log):
+                self.fail(f"names step: region {name!r} revived: {line in log}")
+        if table:
+            self.names_step_write(ACTIVE, b"1\n")
+            blob = self.read(DT)
+            for name, _ in table:
+                if b"\0\0\0\x01" + name + b"\0" not in blob:
+                    self.fail(f"names step: the FDT lacks the node {name!r}")
+            self.names_step_write(ACTIVE, b"0\n")
+
     # -- the loop ----------------------------------------------------------------------------
     def ops(self) -> list[tuple[int, Callable[[], None]]]:
         return [
@@ -1347,13 +1539,17 @@ class _Campaign:
     def run(self, writes: int, deliberate: bool, progress: Callable[[int], None] | None) -> None:
         ops = self.ops()
         weights = [w for w, _ in ops]
-        steps = [writes // 3, 2 * writes // 3] if deliberate else []
+        steps = [
+            (writes // 3, self.kho_kexec),
+            (2 * writes // 3, self.cold_reboot),
+            (5 * writes // 6, self.awkward_names),
+        ]
+        steps = steps if deliberate else []
         next_check = self.CHECK_EVERY
         while self.report.writes < writes:
             self.rng.choices(ops, weights)[0][1]()
-            if steps and self.report.writes >= steps[0]:
-                (self.kho_kexec if len(steps) == 2 else self.cold_reboot)()
-                steps.pop(0)
+            if steps and self.report.writes >= steps[0][0]:
+                steps.pop(0)[1]()
             if self.report.writes >= next_check:
                 self.checkpoint()
                 next_check += self.CHECK_EVERY

@@ -46,6 +46,7 @@ __all__ = [
     "DebugfsSeqFile",
     "Directory",
     "File",
+    "LogFile",
     "Node",
     "OpenFile",
     "RegionFile",
@@ -290,6 +291,29 @@ class DebugfsSeqFile(_SnapshotFile):
         super().__init__(mode, show)
 
 
+class LogFile(DebugfsSeqFile):
+    """An emulator log (``machine/dmesg``): debugfs seq_file semantics, but st_size is the
+    length of what a read returns now, not 0, because tools that map ``st_size`` bytes
+    (util-linux ``dmesg -F``) would otherwise see nothing.
+
+    The content only grows while the node lives, so every read renders it afresh (no
+    snapshot): reads at increasing offsets stay consistent and a reader that goes on past
+    its first EOF sees the new lines, never a short read below the size ``stat`` reported.
+    ``direct_io=False`` serves the file through the page cache (still dropped at every
+    open), which shared mappings need: util-linux maps the file ``MAP_SHARED``.
+    """
+
+    def __init__(self, mode: int, show: Callable[[], str], *, direct_io: bool = True) -> None:
+        super().__init__(mode, show)
+        self.direct_io = direct_io
+
+    def _current_size(self) -> int:
+        return len(self._render())
+
+    def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
+        return self._render()[offset : offset + size]
+
+
 class DebugfsBlob(BinaryAttribute):
     """A debugfs blob: like a binary attribute but st_size 0 and EIO once removed.
 
@@ -346,8 +370,10 @@ class RegionFile(File):
 class StagingFile(File):
     """A plain in-memory regular file: positioned writes, truncation, read back.
 
-    Used to stream data into the emulator (for example a kernel image for kexec).  Writes
-    that would grow the file beyond ``max_size`` fail with EFBIG, like a file-size limit.
+    Used to stream data into the emulator (for example a kernel image for kexec).
+    ``max_size`` is a file-size limit with the kernel's semantics (``generic_write_checks``):
+    a write starting at or past it fails with EFBIG, one straddling it is cut at the limit
+    and returns the short count; truncating past it fails with EFBIG.
     """
 
     has_write = True
@@ -367,9 +393,13 @@ class StagingFile(File):
         return bytes(self._data[offset : offset + size])
 
     def write(self, handle: OpenFile, offset: int, data: bytes) -> int:
+        if not data:
+            return 0
+        if self._max_size is not None:
+            if offset >= self._max_size:
+                raise KernelError(errno.EFBIG, f"staging file is limited to {self._max_size} bytes")
+            data = data[: self._max_size - offset]
         end = offset + len(data)
-        if self._max_size is not None and end > self._max_size:
-            raise KernelError(errno.EFBIG, f"staging file is limited to {self._max_size} bytes")
         if offset > len(self._data):
             self._data.extend(bytes(offset - len(self._data)))
         self._data[offset:end] = data

@@ -6,7 +6,14 @@ happened (activation, abort, kexec load, exec, reboot). Files owned by the runni
 are keyed by the boot they belong to, so after a kexec every one of them is a new
 instance and old descriptors get ENODEV, as on a kernel that rebooted.
 
-Emulator-only files live under ``machine/`` and nowhere else.
+Emulator-only files live under ``machine/`` and nowhere else, and they are always
+served: a failure while listing the running kernel's files leaves those out (logged), so
+the user can still reboot out of any state.
+
+Region files are named after their label (the ``reserve_mem=`` name, a driver's name and
+its region's name) by :func:`region_file_name`: the label's bytes, except that ``%`` and
+``/`` are percent-escaped and a label that is exactly ``.`` or ``..`` is spelled ``%2E``
+or ``%2E%2E``; :func:`region_label` reverses it.
 """
 
 from __future__ import annotations
@@ -20,25 +27,64 @@ from pathlib import Path
 from kho_fs.model.cmdline import isspace, kstrtoull
 from kho_fs.model.errors import KernelError
 from kho_fs.model.kernel import Kernel
+from kho_fs.model.kho import Kho
+from kho_fs.model.kho_mainline import KhoMainline
 from kho_fs.model.machine import Machine
 from kho_fs.model.memblock import memblock_debug_show
+from kho_fs.staging_limits import KEXEC_CMDLINE_STAGING_MAX, KEXEC_STAGING_MAX
+from kho_fs.tree.kho_debugfs import kho_debugfs_entries
 from kho_fs.tree.nodes import (
     BinaryAttribute,
     ControlFile,
     DebugfsSeqFile,
     Directory,
+    LogFile,
     Node,
     OpenFile,
     RegionFile,
     StagingFile,
     TextAttribute,
 )
-from kho_fs.tree.tree import Entry
+from kho_fs.tree.tree import Entry, decode_name, encode_name
 
 log = logging.getLogger(__name__)
 
-KEXEC_STAGING_MAX = 1 << 30  # largest kernel or initrd the control files accept
 KEXEC_COMMANDS = ("kexec_file_load", "kexec_load", "unload", "exec")
+
+
+def region_file_name(label: str) -> str:
+    """The file name (tree text) of a region labelled ``label``, latin-1 text for bytes.
+
+    Every byte of the label stays itself (so a UTF-8 label reads as that text and any
+    other byte is that byte in the file name), except ``%`` -> ``%25`` and ``/`` ->
+    ``%2F``; the whole labels ``.`` and ``..`` become ``%2E`` and ``%2E%2E``.  ValueError
+    for a label that is no byte string (a character above U+00FF).
+    """
+    if label in (".", ".."):
+        spelled = label.replace(".", "%2E")
+    else:
+        spelled = label.replace("%", "%25").replace("/", "%2F")
+    try:
+        raw = spelled.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"label {label!r} is no byte string") from None
+    return decode_name(raw)
+
+
+def region_label(file_name: str) -> str:
+    """The label (latin-1 text for bytes) of the region file ``file_name``: the reverse
+    of :func:`region_file_name`."""
+    raw = encode_name(file_name)
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        if raw[i : i + 1] == b"%":
+            out.append(int(raw[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode("latin-1")
 
 
 class ProcFile(DebugfsSeqFile):
@@ -76,7 +122,7 @@ class V4Profile:
         # survive kexec; the kernel never sees them until a load command.
         self.kexec_kernel = StagingFile(0o600, KEXEC_STAGING_MAX)
         self.kexec_initrd = StagingFile(0o600, KEXEC_STAGING_MAX)
-        self.kexec_cmdline = StagingFile(0o600, 4096)
+        self.kexec_cmdline = StagingFile(0o600, KEXEC_CMDLINE_STAGING_MAX)
 
     def version(self) -> int:
         return self.machine.version
@@ -89,9 +135,14 @@ class V4Profile:
     def entries(self) -> Iterator[Entry]:
         m, k = self.machine, self.machine.kernel
         boot = m.boots
-        if k.panic is None:
-            yield from self._kernel_entries(k, boot)
         yield from self._machine_entries(k, boot)
+        if k.panic is None:
+            try:
+                kernel_entries = list(self._kernel_entries(k, boot))
+            except Exception:
+                log.exception("listing the running kernel's files failed; serving machine/ only")
+                return
+            yield from kernel_entries
 
     def _kernel_entries(self, k: Kernel, boot: int) -> Iterator[Entry]:
         kho, mem = k.kho, self.machine.mem
@@ -99,7 +150,9 @@ class V4Profile:
         def entry(path: str, make: Callable[[], Node], key: object = None) -> Entry:
             return Entry(path, make, (boot, key))
 
-        if kho.sysfs:
+        if isinstance(kho, KhoMainline):
+            yield from kho_debugfs_entries(kho, entry)
+        elif isinstance(kho, Kho) and kho.sysfs:
             yield entry("sys/kernel/kho", lambda: Directory(0o755))
             yield entry(
                 "sys/kernel/kho/active",
@@ -138,23 +191,34 @@ class V4Profile:
             lambda: DebugfsSeqFile(0o444, lambda: memblock_debug_show(mb.reserved)),
         )
         yield entry("proc/cmdline", lambda: ProcFile(0o444, lambda: k.cmdline + "\n"))
+        yield entry("proc/version", lambda: ProcFile(0o444, lambda: k.linux_banner + "\n"))
         yield entry(
             "dev/mem",
             lambda: RegionFile(0o600, lambda: mem.end, mem.read, _dev_mem_write(mem.write)),
         )
-        windows = [(f"machine/reserve_mem/{r.name}", r.start, r.size) for r in k.reserve_mem.table]
-        windows += [
-            (f"machine/drivers/{d.name}/{r.name}", r.start, r.size)
-            for d in k.drivers
-            for r in d.regions()
+        windows: list[tuple[tuple[str, ...], int, int]] = [
+            (("reserve_mem", r.name), r.start, r.size) for r in k.reserve_mem.table
         ]
-        for path, start, size in windows:
+        for d in k.drivers:
+            try:  # plug-in code
+                windows += [(("drivers", d.name, r.name), r.start, r.size) for r in d.regions()]
+            except Exception:
+                log.exception("driver %r: regions() failed; its files are left out", d.name)
+        for (top, *labels), start, size in windows:
+            try:
+                path = "/".join(["machine", top, *map(region_file_name, labels)])
+            except ValueError as exc:
+                log.error("region %r left out: %s", "/".join(labels), exc)
+                continue
             yield entry(path, partial(_window, mem.read, mem.write, start, size), (start, size))
 
     def _machine_entries(self, k: Kernel, boot: int) -> Iterator[Entry]:
         m = self.machine
+        yield Entry("machine/dmesg", lambda: LogFile(0o444, lambda: m.kernel.log.render()), boot)
         yield Entry(
-            "machine/dmesg", lambda: DebugfsSeqFile(0o444, lambda: m.kernel.log.render()), boot
+            "machine/dmesg.raw",
+            lambda: LogFile(0o444, lambda: m.kernel.log.render_raw(), direct_io=False),
+            boot,
         )
         yield Entry("machine/status", lambda: DebugfsSeqFile(0o444, m.status))
         yield Entry(

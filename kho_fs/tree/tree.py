@@ -21,12 +21,23 @@ instances:
   lasts as long as they exist.  The root always exists (mode 0755, inode 1).
 - What changed since the adapter last asked is available through :meth:`take_changes`,
   so the FUSE layer can invalidate the kernel's caches.
+- Names are text in Python's file-name convention, fixed to UTF-8 with ``surrogateescape``
+  whatever the locale (:func:`encode_name`, :func:`decode_name`): any byte string, valid
+  UTF-8 or not, is a name and comes back as exactly those bytes.
+- A bad entry never takes the tree down.  An entry whose path is not a valid relative
+  path (empty, ``.`` or ``..`` components, NUL, a component over :data:`NAME_MAX` bytes),
+  that repeats a path already declared, that sits under a file or under an entry that
+  could not be built, whose ``make`` raises or returns no :class:`Node`, or whose node is
+  removed or already placed elsewhere is skipped with an error in the log; the rest of
+  the tree is served.  Only a profile whose ``entries()`` itself raises fails the rebuild
+  (the tree then stays as it was and the next request tries again).
 
 Nothing here imports pyfuse3 or the model.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -36,6 +47,7 @@ from typing import NamedTuple, Protocol
 from kho_fs.tree.nodes import Directory, Node
 
 __all__ = [
+    "NAME_MAX",
     "ROOT_INO",
     "Entry",
     "EntryChange",
@@ -43,12 +55,26 @@ __all__ = [
     "NodeTree",
     "Profile",
     "TreeChanges",
+    "decode_name",
+    "encode_name",
 ]
 
 log = logging.getLogger(__name__)
 
 #: Inode number of the root directory (FUSE_ROOT_ID in the FUSE protocol).
 ROOT_INO = 1
+#: Longest file name in bytes (Linux NAME_MAX; what ``statfs`` reports as f_namemax).
+NAME_MAX = 255
+
+
+def encode_name(name: str) -> bytes:
+    """The bytes of the file name ``name`` (UTF-8, undecodable bytes as lone surrogates)."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+def decode_name(raw: bytes) -> str:
+    """The tree's text for the file name ``raw``; ``encode_name`` gives ``raw`` back."""
+    return raw.decode("utf-8", "surrogateescape")
 
 
 class Entry(NamedTuple):
@@ -114,20 +140,35 @@ class _Slot:
 _IMPLIED = object()  # key of directories nobody declared
 
 
+@functools.lru_cache(maxsize=4096)  # the same paths come back at every rebuild
 def _split(path: str) -> tuple[str, ...]:
-    parts = tuple(p for p in path.split("/") if p)
-    if not parts:
-        raise ValueError(f"entry path {path!r} names the root")
+    """The components of an entry path: relative, ``/``-separated, no empty, ``.`` or
+    ``..`` component, no NUL, each component a name of at most NAME_MAX bytes."""
+    parts = tuple(path.split("/"))
+    if not path:
+        raise ValueError("empty path")
     for p in parts:
-        if p in (".", ".."):
-            raise ValueError(f"entry path {path!r} contains {p!r}")
+        if p in ("", ".", ".."):
+            raise ValueError(f"component {p!r}")
+        if "\0" in p:
+            raise ValueError("NUL in a component")
+        try:
+            size = len(encode_name(p))
+        except UnicodeEncodeError:
+            raise ValueError(f"component {p!r} is no byte string") from None
+        if size > NAME_MAX:
+            raise ValueError(f"component of {size} bytes")
     return parts
+
+
+def _skip(path: str, reason: str) -> None:
+    log.error("skipping the profile's entry %r: %s", path, reason)
 
 
 def _make(entry: Entry) -> Node:
     node = entry.make()
     if not isinstance(node, Node):
-        raise TypeError(f"make() for {entry.path!r} returned {node!r}, not a Node")
+        raise TypeError(f"make() returned {node!r}, not a Node")
     return node
 
 
@@ -210,9 +251,14 @@ class NodeTree:
     def _rebuild(self) -> None:
         declared: dict[tuple[str, ...], Entry] = {}
         for entry in self._profile.entries():
-            parts = _split(entry.path)
+            try:
+                parts = _split(entry.path)
+            except ValueError as exc:
+                _skip(entry.path, f"not a valid path ({exc})")
+                continue
             if parts in declared:
-                raise ValueError(f"profile declares {entry.path!r} twice")
+                _skip(entry.path, "the profile declares this path twice")
+                continue
             declared[parts] = entry
         wanted: dict[tuple[str, ...], Entry | None] = dict(declared)
         for parts in declared:
@@ -221,23 +267,41 @@ class NodeTree:
 
         old_slots = self._slots
         slots: dict[tuple[str, ...], _Slot] = {(): old_slots[()]}
+        placed = {id(self.root)}
         changes = TreeChanges()
         # Sorting component tuples puts every directory before its descendants.
         for parts in sorted(wanted):
             wanted_entry = wanted[parts]
-            key = _IMPLIED if wanted_entry is None else wanted_entry.key
-            parent_slot = slots[parts[:-1]]
+            path = "/".join(parts)
+            parent_slot = slots.get(parts[:-1])
+            if parent_slot is None:
+                _skip(path, f"{'/'.join(parts[:-1])!r} was skipped")
+                continue
             parent = parent_slot.node
             if not isinstance(parent, Directory):
-                raise ValueError(f"profile puts {'/'.join(parts)!r} under a file")
+                _skip(path, f"{'/'.join(parts[:-1])!r} is a file")
+                continue
+            key = _IMPLIED if wanted_entry is None else wanted_entry.key
             old = old_slots.get(parts)
-            if old is not None and old.key == key and old.parent is parent:
+            reused = old is not None and old.key == key and old.parent is parent
+            if old is not None and reused:
                 node = old.node
+            elif wanted_entry is None:
+                node = Directory(0o755)
             else:
-                node = Directory(0o755) if wanted_entry is None else _make(wanted_entry)
-                path = "/".join(parts)
+                try:
+                    node = _make(wanted_entry)
+                except Exception:
+                    log.exception("skipping the profile's entry %r: make() failed", path)
+                    continue
                 if node.removed:
-                    raise ValueError(f"profile re-used the removed node {node!r} at {path!r}")
+                    _skip(path, f"make() re-used the removed node {node!r}")
+                    continue
+            if id(node) in placed:
+                _skip(path, f"the node {node!r} already sits at another path")
+                continue
+            placed.add(id(node))
+            if not reused:
                 if not node.ino:  # an instance the profile keeps may already have one
                     node.ino = next(self._inos)
                 if old is None:
@@ -249,11 +313,8 @@ class NodeTree:
                     )
             slots[parts] = _Slot(node, key, parent, parts[-1])
 
-        live = {id(s.node) for s in slots.values()}
-        if len(live) != len(slots):
-            raise ValueError("profile put one node instance at two paths")
         for parts, old in old_slots.items():
-            if id(old.node) in live:
+            if id(old.node) in placed:
                 continue
             old.node.removed = True
             if parts not in slots:

@@ -331,3 +331,35 @@ async def test_readdir_never_replies_with_a_node_removed_since_opendir(fs, monke
     assert [name for name, _ in replies] == [b".", b"..", b"active", b"scratch_phys"]
     for name, ino in replies[2:]:
         assert (await fs.walk(f"sys/kernel/kho/{name.decode()}")).st_ino == ino
+
+
+async def test_region_names_reach_the_kernel_as_the_command_lines_bytes(monkeypatch):
+    """Issue 8 items 1 and 6: READDIRPLUS sends, and LOOKUP accepts, exactly the bytes of
+    each ``reserve_mem=`` name (no second UTF-8 encoding of the model's latin-1 text),
+    with ``%``, ``/`` and the whole names ``.``/``..`` percent-escaped."""
+    from kho_fs.model.machine import Machine
+    from kho_fs.tree.profile_v4 import V4Profile
+
+    cmdline = b"kho=on " + b" ".join(
+        b"reserve_mem=64K:4096:" + n for n in (b"\xc3\xa9", b"x\xffy", b"..", b"a/b", b"%")
+    )
+    replies: list[bytes] = []
+
+    def reply(token, name, attrs, next_id):
+        replies.append(name)
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    with Machine.create(cmdline=cmdline.decode("latin-1")) as machine:
+        ops = Operations(NodeTree(V4Profile(machine)), RecordingNotifier())
+        ino = ROOT_INO
+        for part in (b"machine", b"reserve_mem"):
+            ino = (await ops.lookup(ino, part, ROOT_CTX)).st_ino
+        fh = await ops.opendir(ino, ROOT_CTX)
+        await ops.readdir(fh, 0, None)
+        await ops.releasedir(fh)
+        spelled = [b"\xc3\xa9", b"x\xffy", b"%2E%2E", b"a%2Fb", b"%25"]
+        assert sorted(replies) == sorted([b".", b"..", *spelled])
+        for name in spelled:
+            assert (await ops.lookup(ino, name, ROOT_CTX)).st_size == 64 << 10
+        assert await fuse_errno(ops.lookup(ino, b"\xc3\x83\xc2\xa9", ROOT_CTX)) == errno.ENOENT

@@ -21,7 +21,12 @@ from kho_model_helpers import (
     round_up,
 )
 
-from kho_fs.model.kexec import KEXEC_FILE_NO_INITRAMFS, KEXEC_FILE_UNLOAD
+from kho_fs.model.kexec import (
+    KEXEC_FILE_DEBUG,
+    KEXEC_FILE_NO_INITRAMFS,
+    KEXEC_FILE_ON_CRASH,
+    KEXEC_FILE_UNLOAD,
+)
 
 ORDER = ["kho-fdt", "kho-scratch", "purgatory", "boot_params", "kernel", "initrd"]
 FILL_LINE = "KHO: ===> kho_fill_kimage: kexec_add_buffer"
@@ -384,3 +389,145 @@ def test_kexec_load_places_without_scratch(seed):
     assert img.kho_fdt is None
     assert setup_data_chain(img.boot_params) == []
     assert all(s.mem >= SZ_1M and seed.mem.is_ram(s.mem, s.memsz) for s in img.segments)
+
+
+# -- a kernel that stopped at boot runs no syscalls (issue 8, item 5) --------------------------
+
+
+def panicked(machine):
+    """A handover boot whose 4 MiB of page tables cannot fit 2 MiB scratch areas
+    (decisions.md, boot step 6): the kernel stops, generation 1."""
+    m = machine("kho=on kho_scratch=2M,2M")
+    load_active(m)
+    k = m.kexec_exec()
+    assert k.panic == "kho-fs: early allocation failed in scratch-only mode"
+    return m
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda kx, m: kx.kexec_file_load(PLAIN_KERNEL, None, "x"),
+        lambda kx, m: kx.kexec_file_load(b"", None, "", KEXEC_FILE_UNLOAD),
+        lambda kx, m: kx.kexec_load(PLAIN_KERNEL, None, "x"),
+        lambda kx, m: kx.kexec_unload(),
+        lambda kx, m: m.kexec_exec(),
+    ],
+    ids=["kexec_file_load", "file-unload", "kexec_load", "unload", "exec"],
+)
+def test_stopped_kernel_refuses_kexec_syscalls(machine, call):
+    m = panicked(machine)
+    k, version = m.kernel, m.version
+    expect_errno(errno.EHOSTDOWN, call, k.kexec, m)
+    assert m.kernel is k and m.generation == 1 and k.kexec.kexec_image is None
+    assert m.version == version
+    assert "state:       PANICKED: " in m.status()
+    m.reboot()  # only a cold reboot leaves the state
+    assert m.kernel.panic is None
+    m.kernel.kexec.kexec_file_load(PLAIN_KERNEL, None, "x")
+
+
+# -- kexec_file_load flags (item 7) --------------------------------------------------------------
+
+
+def test_crash_unload_keeps_the_normal_image(seed):
+    """KEXEC_FILE_UNLOAD | KEXEC_FILE_ON_CRASH unloads the crash image (kernel/kexec_file.c:
+    dest_image = &kexec_crash_image), never the normal one; there is no crash image to drop."""
+    k = seed.kernel
+    k.kexec.kexec_file_load(PLAIN_KERNEL, None, "x")
+    img = k.kexec.kexec_image
+    k.kexec.kexec_file_load(b"", None, "", KEXEC_FILE_UNLOAD | KEXEC_FILE_ON_CRASH)
+    assert k.kexec.kexec_image is img and k.kexec.kexec_loaded_show() == "1\n"
+    for flags in (KEXEC_FILE_ON_CRASH, KEXEC_FILE_ON_CRASH | KEXEC_FILE_NO_INITRAMFS):
+        expect_errno(errno.EOPNOTSUPP, k.kexec.kexec_file_load, PLAIN_KERNEL, None, "y", flags)
+        assert k.kexec.kexec_image is img
+
+
+def test_unknown_flag_past_debug_einval(seed):
+    k = seed.kernel
+    expect_errno(errno.EINVAL, k.kexec.kexec_file_load, PLAIN_KERNEL, None, "x", 0x10)
+    assert k.kexec.kexec_loaded_show() == "0\n"
+
+
+HEX_PTR = r"[0-9a-f]{16}"  # %p: a hashed pointer, 16 hex digits
+
+
+def test_debug_flag_logs_kexec_dprintk_lines(seed):
+    """KEXEC_FILE_DEBUG (0x8, v6.7+): kexec_dprintk lines of kernel/kexec_file.c and
+    arch/x86/kernel/kexec-bzimage64.c, in the order the kernel prints them."""
+    import re
+
+    k = seed.kernel
+    n = len(k.log.lines())
+    initrd = b"I" * 100_000
+    k.kexec.kexec_file_load(PLAIN_KERNEL, None, k.cmdline)  # without the flag: silent
+    assert k.log.lines()[n:] == []
+    k.kexec.kexec_file_load(PLAIN_KERNEL, initrd, "console=ttyS0 x=1", KEXEC_FILE_DEBUG)
+    img = k.kexec.kexec_image
+    # 16 GiB: RAM [0, 0x9f000), [1 MiB, 2 GiB), [4 GiB, 18 GiB) (decisions.md, RAM map);
+    # inactive, so the segments go top-down in System RAM (spec 9.2).
+    top = 18 << 30
+    want = [
+        rf"kexec_file: kernel: {HEX_PTR} kernel_size: 0x2000",
+        rf"kexec-bzImage64: Loaded purgatory at {top - 0x4000:#x}",
+        "kexec-bzImage64: Loaded boot_param, command line and misc at "
+        rf"{top - 0x6000:#x} bufsz=0x2000 memsz=0x2000",
+        rf"kexec-bzImage64: Loaded 64bit kernel at {top - SZ_2M:#x} bufsz=0x2000 memsz=0x2000",
+        # 0x19000 bytes: one step below purgatory, one below boot_params (spec 9.1 step 4)
+        rf"kexec-bzImage64: Loaded initrd at {top - 0x1F000:#x} bufsz=0x186a0 memsz=0x186a0",
+        "kexec-bzImage64: Final command line is: console=ttyS0 x=1",
+        "kexec-bzImage64: E820 memmap:",
+        r"kexec-bzImage64: 0000000000000000-000000000009efff \(1\)",
+        r"kexec-bzImage64: 0000000000100000-000000007fffffff \(1\)",
+        r"kexec-bzImage64: 0000000100000000-000000047fffffff \(1\)",
+        "kexec_file: nr_segments = 4",
+    ]
+    for i, s in enumerate(img.segments):
+        want.append(
+            rf"kexec_file: segment\[{i}\]: buf=0x{HEX_PTR} bufsz={len(s.buffer):#x} "
+            rf"mem={s.mem:#x} memsz={s.memsz:#x}"
+        )
+    want.append(rf"kexec_file: kexec_file_load: type:0, start:{top - 0x4000:#x} head:0x0 flags:0x8")
+    got = k.log.lines()[n:]
+    assert len(got) == len(want), got
+    for line, pattern in zip(got, want, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    assert [s.name for s in img.segments] == ["purgatory", "boot_params", "kernel", "initrd"]
+
+
+def test_debug_flag_logs_until_the_failure(machine):
+    """A placement failure stops the load where the kernel stops: the lines printed
+    before it stay in the log, nothing after it is printed."""
+    k = machine("kho=on kho_scratch=2M,2M").kernel
+    k.kho.active_store(b"1")
+    n = len(k.log.lines())
+    expect_errno(
+        errno.EADDRNOTAVAIL, k.kexec.kexec_file_load, bzimage(8 << 20), None, "x", KEXEC_FILE_DEBUG
+    )
+    got = k.log.lines()[n:]
+    assert [line.split(" at ")[0] for line in got[1:]] == [
+        "kexec-bzImage64: Loaded purgatory",
+        "kexec-bzImage64: Loaded boot_param, command line and misc",
+    ]
+    assert got[0].startswith("kexec_file: kernel: ")
+    assert k.kexec.kexec_loaded_show() == "0\n"
+
+
+# -- placement over contiguous RAM (item 9) --------------------------------------------------
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("syscall", ["kexec_file_load", "kexec_load"])
+def test_segments_cross_node_boundaries(machine, nodes, syscall):
+    """System RAM resources are contiguous e820 ranges, not per node: a 300 MiB image fits
+    a 512 MiB machine ([1 MiB, 512 MiB) is one range) whatever its node count."""
+    m = machine("console=ttyS0 kho=on", memory=512 << 20, nodes=nodes)
+    big = bzimage(300 << 20, body=4096)
+    getattr(m.kernel.kexec, syscall)(big, None, "x")
+    kernel = m.kernel.kexec.kexec_image.kernel
+    assert kernel.memsz == 300 << 20
+    assert kernel.mem >= SZ_1M and kernel.mem + kernel.memsz <= 512 << 20
+    if syscall == "kexec_file_load":  # top-down: just below purgatory and boot_params
+        assert kernel.mem == round_down((512 << 20) - 0x6000 - (300 << 20), SZ_2M)
+    else:  # bottom-up from 16 MiB: purgatory, boot_params, then the next 2 MiB boundary
+        assert kernel.mem == 18 << 20

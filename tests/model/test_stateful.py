@@ -292,6 +292,18 @@ def segment_requests(
     return reqs
 
 
+def system_ram(k: Kernel) -> list[tuple[int, int]]:
+    """System RAM resources with inclusive ends: touching ranges are one (e820 has no
+    NUMA nodes), so a segment may cross a node boundary, never a hole."""
+    out: list[tuple[int, int]] = []
+    for r in k.mem.ram:
+        if out and out[-1][1] + 1 == r.start:
+            out[-1] = (out[-1][0], r.end - 1)
+        else:
+            out.append((r.start, r.end - 1))
+    return out
+
+
 def place(
     reqs: list[SegReq], ranges: list[tuple[int, int]], top_down: bool
 ) -> tuple[list[int], int | None]:
@@ -660,7 +672,7 @@ class KhoMachine(RuleBasedStateMachine):
         if ref.active:
             ranges = [(a, a + sz - 1) for a, sz in ref.scratch if sz]
         else:
-            ranges = [(r.start, r.end - 1) for r in reversed(k.mem.ram)]
+            ranges = list(reversed(system_ram(k)))
         addrs, failed = place(reqs, ranges, top_down=True)
         before = len(k.log.records)
         if failed is not None:
@@ -702,7 +714,7 @@ class KhoMachine(RuleBasedStateMachine):
         initrd = data.draw(st.sampled_from(INITRDS))
         cfg = self.draw_next_config(data)
         reqs = segment_requests(None, 0, kernel, initrd, SZ_16M)
-        addrs, failed = place(reqs, [(r.start, r.end - 1) for r in k.mem.ram], top_down=False)
+        addrs, failed = place(reqs, system_ram(k), top_down=False)
         assert failed is None, "user-space loads fit in RAM by construction"
         k.kexec.kexec_load(kernel.data, initrd, cfg.render())
         image = k.kexec.kexec_image
@@ -721,7 +733,7 @@ class KhoMachine(RuleBasedStateMachine):
         """Failed loads leave any loaded image in place (spec 9.1 step 6)."""
         kx = self.k.kexec
         if case == "unknown flag":
-            self.expect_error(errno.EINVAL, kx.kexec_file_load, PLAIN_KERNEL, None, "x", 0x8)
+            self.expect_error(errno.EINVAL, kx.kexec_file_load, PLAIN_KERNEL, None, "x", 0x10)
         elif case == "crash":
             self.expect_error(
                 errno.EOPNOTSUPP, kx.kexec_file_load, PLAIN_KERNEL, None, "x", KEXEC_FILE_ON_CRASH

@@ -92,10 +92,30 @@ class ToyProfile:
         yield Entry("machine/kexec/kernel", lambda: StagingFile(0o600))
 
 
+class EioProfile(ToyProfile):
+    """A profile whose every request fails: the mount comes up but answers EIO."""
+
+    def version(self) -> int:
+        raise RuntimeError("toy: every request fails")
+
+
 def toy_profile(memory: int, nodes: int, cmdline: str | None) -> ToyProfile:
     """The factory the daemon calls; some command lines simulate failures."""
     if cmdline == "invalid":
         raise ValueError("toy: this command line is invalid")
+    if cmdline == "answers-eio":
+        return EioProfile()
+    if cmdline == "never-ready":
+        import pyfuse3
+
+        mount = pyfuse3.init
+
+        def init_and_hang(*args: object) -> None:
+            mount(*args)  # mounted, but the daemon never gets to say "ok"
+            print(f"kho-fs serving (never ready, pid {os.getpid()})", file=sys.stderr, flush=True)
+            time.sleep(3600)
+
+        pyfuse3.init = init_and_hang
     if cmdline in ("fail-mount", "crash"):
         import pyfuse3
 
@@ -228,6 +248,72 @@ def test_mount_errors(tmp_path):
         assert result.stderr.startswith("kho-fs: mount failed: ") and words in result.stderr
         assert str(log) in result.stderr and result.stderr.count("\n") == 1
         assert not os.path.ismount(empty)
+
+
+def fusermount_watchers(mountpoint: Path) -> list[int]:
+    """Pids of the ``fusermount3 … auto_unmount`` helpers of ``mountpoint``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"fusermount3") and os.fsencode(mountpoint) in argv:
+            found.append(int(entry))
+    return found
+
+
+def assert_nothing_left(mountpoint: Path, log: Path) -> None:
+    """No daemon, no mount, no pid file, no auto_unmount helper of ``mountpoint``."""
+    serving = [line for line in log.read_text().splitlines() if "kho-fs serving" in line]
+    assert serving, log.read_text()
+    pid = int(serving[-1].rsplit("pid ", 1)[1].rstrip(")"))
+    assert not running(pid), f"daemon {pid} still running"
+    assert mount_entry(mountpoint) is None and not os.path.ismount(mountpoint)
+    assert not state_paths(str(mountpoint))[0].exists()
+    deadline = time.monotonic() + 5
+    while fusermount_watchers(mountpoint):  # it exits once the daemon's fd is closed
+        assert time.monotonic() < deadline, "an auto_unmount helper was left"
+        time.sleep(0.01)
+    assert os.listdir(mountpoint) == []  # the directory is usable again
+
+
+def test_a_mount_that_answers_badly_is_torn_down(tmp_path):
+    """Issue 8 item A: the daemon said "ok" but every path gives EIO.  `kho-fs mount`
+    reports it and leaves no daemon, no mount and no helper behind (it used to exit 1
+    saying "not mounted" while both stayed up)."""
+    mountpoint = (tmp_path / "mnt").resolve()
+    mountpoint.mkdir()
+    log = tmp_path / "eio.log"
+    args = ("--profile", TOY, "--cmdline", "answers-eio", "--log", str(log))
+    result = kho_fs("mount", str(mountpoint), *args)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"kho-fs: mount failed: {mountpoint} was mounted but ")
+    assert "does not answer (stat: Input/output error); stopped the daemon" in result.stderr
+    assert str(log) in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert "toy: every request fails" in log.read_text()
+    assert "unmounting without saving" in log.read_text()
+    assert_nothing_left(mountpoint, log)
+    # And the directory takes a good mount at once.
+    result = kho_fs("mount", str(mountpoint), "--profile", TOY, "--log", str(log))
+    assert result.returncode == 0, result.stderr
+    result = kho_fs("umount", str(mountpoint))
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_mount_that_never_gets_ready_is_torn_down(tmp_path):
+    """Issue 8 item A: mounted, but the daemon never says "ok" (readiness timeout)."""
+    mountpoint = (tmp_path / "mnt").resolve()
+    mountpoint.mkdir()
+    log = tmp_path / "hang.log"
+    command = [sys.executable, "-m", "kho_fs", "mount", str(mountpoint), "--profile", TOY]
+    command += ["--cmdline", "never-ready", "--log", str(log)]
+    env = {**os.environ, "KHO_FS_READY_TIMEOUT": "2"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("kho-fs: mount failed: timed out after 2 s; ")
+    assert "the daemon" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert_nothing_left(mountpoint, log)
 
 
 def test_already_mounted_and_not_a_kho_fs_mount(tmp_path):

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 
 import pytest
 
 from kho_fs.stress.fuzz import (
+    AWKWARD_NAMES,
     FUZZ_CMDLINE,
     FUZZ_MEMORY,
     FUZZ_NODES,
@@ -25,6 +27,8 @@ from kho_fs.stress.fuzz import (
     kstrtobool,
     kstrtoull,
     q35_ram_map,
+    region_spelling,
+    reserve_mem_table,
     run_fuzz,
     sysfs_store_buffer,
 )
@@ -64,6 +68,9 @@ def test_fuzz_campaign_through_the_mount(tmp_path):
     for err in (-1, -3, -22, -12):  # every failure row of spec 4.3
         assert events[f"failed activations ({err})"] > 0, events
     assert events["kexec exec"] == 1 and events["cold reboots"] == 1, events
+    # Issue 8: awkward reserve_mem names by reboot and by kexec, every region checked.
+    assert events["awkward cold boots"] == 1 and events["awkward kexecs"] == 1, events
+    assert events["awkward regions checked"] >= 10 and events["awkward regions revived"], events
 
 
 def test_regressions_found_by_fuzzing(tmp_path):
@@ -183,3 +190,39 @@ def test_oracle_ram_map():
     assert q35_ram_map(8 * GiB) == [(0, 0x9F000), (MiB, 2 * GiB), (4 * GiB, 10 * GiB)]
     assert q35_ram_map(2 * GiB) == [(0, 0x9F000), (MiB, 2 * GiB)]
     assert q35_ram_map(3 * GiB) == [(0, 0x9F000), (MiB, 2 * GiB), (4 * GiB, 5 * GiB)]
+
+
+def test_oracle_region_spelling():
+    # README, Paths: % and / percent-escaped, whole . and .. spelled %2E and %2E%2E.
+    assert region_spelling(b".") == b"%2E" and region_spelling(b"..") == b"%2E%2E"
+    assert region_spelling(b"...") == b"..." and region_spelling(b"./") == b".%2F"
+    assert region_spelling(b"a/b") == b"a%2Fb" and region_spelling(b"%2F") == b"%252F"
+    assert region_spelling(b"\xc3\xa9") == b"\xc3\xa9" and region_spelling(b"\xff") == b"\xff"
+
+
+def test_oracle_reserve_mem_table():
+    # Spec 2.4: size not 0, 1-15 bytes, not only whitespace, first name wins, at most 8.
+    options = [(1, b"a"), (2, b""), (3, b"x" * 16), (4, b"a"), (5, b" \t"), (6, b"x" * 15)]
+    assert reserve_mem_table(options) == [(b"a", 1), (b"x" * 15, 6)]
+    nine = [(i, b"%d" % i) for i in range(1, 10)]
+    assert reserve_mem_table(nine) == [(b"%d" % i, i) for i in range(1, 9)]
+    assert reserve_mem_table([(0, b"zero"), (1, b"zero")]) == [(b"zero", 1)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_awkward_command_lines_cover_every_name_class(seed):
+    """The fuzzer's boots of issue 8 hold a name of every class and a prefix-plus-slash
+    pair, and at most 8 of them become regions (spec 2.4)."""
+    from kho_fs.stress.fuzz import _Payloads
+
+    gen = _Payloads(random.Random(seed), 307)
+    cmdline, options = gen.awkward_cmdline()
+    names = [n for _, n in options]
+    for cls, members in AWKWARD_NAMES.items():
+        assert any(n in members for n in names), cls
+    assert any(a + b"/" + t == b for a in names for b in names for t in (b"b", b"", b".", b"..",
+               b"\xff"))  # fmt: skip
+    assert cmdline.split(b" ").count(b"kho=on") == 1
+    assert all(b" " not in n and b'"' not in n and b"\xa0" not in n for n in names)
+    table = reserve_mem_table(options)
+    assert 0 < len(table) <= 8 and len({n for n, _ in table}) == len(table)

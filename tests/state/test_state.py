@@ -147,6 +147,47 @@ def test_mount_state_create_save_and_restore(tmp_path: Path) -> None:
         assert m.path("sys/kernel/kho/dt").stat().st_size == 239
 
 
+def test_mount_state_with_region_names_that_are_no_file_names(tmp_path: Path) -> None:
+    """Issue 8: a saved machine whose regions are named ``..``, ``a/b``, ``é`` or
+    non-UTF-8 bytes mounts again with every region under its spelling (README: ``%`` and
+    ``/`` percent-escaped, whole ``.``/``..`` as ``%2E``/``%2E%2E``, other bytes as they
+    are) -- it used to make every later mount of the state file fail with EIO."""
+    spellings = [(b"..", b"%2E%2E"), (b"a/b", b"a%2Fb"), (b"\xc3\xa9", b"\xc3\xa9"),
+                 (b"x\xffy", b"x\xffy")]  # fmt: skip
+    cmdline = b"kho=on " + b" ".join(b"reserve_mem=1M:4096:" + n for n, _ in spellings)
+    state = tmp_path / "names.state"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+
+    def sh(m, script: str, *args: bytes) -> bytes:
+        r = subprocess.run(
+            ["sh", "-c", script, "sh", *args], cwd=m.mountpoint, capture_output=True, timeout=60
+        )
+        assert r.returncode == 0, (script, args, r.stderr)
+        return r.stdout
+
+    def ls(m) -> list[bytes]:
+        return sh(m, "ls machine/reserve_mem").splitlines()
+
+    extra = ("--state", str(state), "--create")
+    with mounted(mnt, memory="4G", cmdline="kho=on", extra_args=extra) as m:
+        # The issue's way in: a new firmware command line and a reboot, by shell.
+        sh(m, 'printf "%s\\n" "$1" > machine/cmdline && echo x > machine/reboot', cmdline)
+        assert sorted(ls(m)) == sorted(s for _, s in spellings)
+        for i, (_, spelled) in enumerate(spellings):
+            path = b"machine/reserve_mem/" + spelled
+            sh(m, 'printf "%s" "$2" | dd of="$1" conv=notrunc 2>/dev/null', path, b"keep-%d" % i)
+        assert _kho_fs("save", str(m.mountpoint)).returncode == 0
+    for _ in range(2):  # restored, unmounted (saved again), restored again
+        with mounted(mnt, memory=None, nodes=None, extra_args=("--state", str(state))) as m:
+            assert m.read_bytes("proc/cmdline") == cmdline + b"\n"
+            assert sorted(ls(m)) == sorted(s for _, s in spellings)
+            for i, (_, spelled) in enumerate(spellings):
+                path = b"machine/reserve_mem/" + spelled
+                assert sh(m, 'head -c 6 "$1"', path) == b"keep-%d" % i
+            assert sh(m, "cat machine/cmdline") == cmdline + b"\n"
+
+
 def test_mount_refuses_corrupt_state_without_mounting(tmp_path: Path) -> None:
     state = tmp_path / "bad.state"
     state.write_bytes(b"KHOFS-ST" + b"\0" * 100)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 
 import pytest
 
 from kho_fs.model.errors import KernelError
 from kho_fs.tree.nodes import BinaryAttribute, Directory, Node, StagingFile, TextAttribute
-from kho_fs.tree.tree import ROOT_INO, Entry, ManualProfile, NodeTree
+from kho_fs.tree.tree import ROOT_INO, Entry, ManualProfile, NodeTree, decode_name, encode_name
 
 
 class CountingProfile(ManualProfile):
@@ -211,34 +212,105 @@ def test_instance_kept_by_the_profile_keeps_its_inode():
     assert staging.ino == ino and not staging.removed
 
 
-def test_profile_errors():
-    with pytest.raises(ValueError, match="twice"):
-        NodeTree(ManualProfile([Entry("a", text()), Entry("/a/", text())])).sync()
-    with pytest.raises(ValueError, match="under a file"):
-        NodeTree(ManualProfile([Entry("a", text()), Entry("a/b", text())])).sync()
-    with pytest.raises(ValueError):
-        NodeTree(ManualProfile([Entry("a/../b", text())])).sync()
-    shared = TextAttribute(0o444, lambda: "")
-    with pytest.raises(ValueError, match="two paths"):
-        NodeTree(ManualProfile([Entry("a", lambda: shared), Entry("b", lambda: shared)])).sync()
-    removed = TextAttribute(0o444, lambda: "")
-    removed.removed = True
-    with pytest.raises(ValueError, match="re-used the removed node"):
-        NodeTree(ManualProfile([Entry("a", lambda: removed)])).sync()
-    with pytest.raises(TypeError):
-        NodeTree(ManualProfile([Entry("a", lambda: "not a node")])).sync()  # type: ignore[arg-type,return-value]
+def explode():
+    raise RuntimeError("make() bug")
 
 
-def test_failed_rebuild_changes_nothing():
+def removed_node() -> Node:
+    node = TextAttribute(0o444, lambda: "")
+    node.removed = True
+    return node
+
+
+SHARED = TextAttribute(0o444, lambda: "shared\n")
+
+
+@pytest.mark.parametrize(
+    ("bad", "missing", "reason"),
+    [
+        ([Entry("ok", text(value="2\n"))], [], "declares this path twice"),
+        ([Entry("/ok/", text())], ["ok/ok"], "component ''"),
+        ([Entry("d//x", text())], ["d/x"], "component ''"),
+        ([Entry("d/x/", text())], ["d/x"], "component ''"),
+        ([Entry("", text())], [], "empty path"),
+        ([Entry(".", text())], [], "component '.'"),
+        ([Entry("d/..", text())], [], "component '..'"),
+        ([Entry("d/./x", text())], ["d/x"], "component '.'"),
+        ([Entry("d/a\0b", text())], [], "NUL"),
+        ([Entry("d/" + "x" * 256, text())], ["d/" + "x" * 256], "256 bytes"),
+        ([Entry("d/\ud800", text())], [], "no byte string"),
+        ([Entry("f", text()), Entry("f/x", text())], ["f/x"], "'f' is a file"),
+        ([Entry("f", text()), Entry("f/x/y", text())], ["f/x", "f/x/y"], "'f' is a file"),
+        ([Entry("ok/x", text())], ["ok/x"], "'ok' is a file"),  # under the good file
+        ([Entry("boom", explode), Entry("boom/x", text())], ["boom", "boom/x"], "make() bug"),
+        ([Entry("e", lambda: "not a node")], ["e"], "not a Node"),  # type: ignore[arg-type,return-value]
+        ([Entry("e", removed_node)], ["e"], "removed node"),
+        ([Entry("a", lambda: SHARED), Entry("b", lambda: SHARED)], ["b"], "another path"),
+    ],
+)
+def test_bad_entries_are_skipped_and_logged(bad, missing, reason, caplog):
+    """Any entry that cannot be built is left out with an error in the log; every
+    other entry is served (issue 8: one bad region name took every path down)."""
+    good = [Entry("ok", text(value="1\n")), Entry("d/good", text())]
+    tree = NodeTree(ManualProfile([*good, *bad]))
+    with caplog.at_level(logging.ERROR, logger="kho_fs.tree.tree"):
+        tree.sync()
+    assert reason in caplog.text and "skipping the profile's entry" in caplog.text
+    ok = tree.resolve("ok")
+    assert isinstance(ok, TextAttribute)
+    assert ok.open(os.O_RDONLY, 0).read(0, 10) == b"1\n"  # the first one declared
+    assert isinstance(tree.resolve("d/good"), TextAttribute)
+    for path in missing:
+        assert tree.resolve(path) is None
+    names = [name for name, _ in tree.children(tree.root)]
+    assert names == sorted(names) and {"d", "ok"} <= set(names)
+
+
+def test_longest_name_and_any_bytes_are_fine(caplog):
+    raw = [b"x" * 255, b"caf\xc3\xa9", b"x\xffy", b"\x80", b"%2F", b"sp ace", b"\n"]
+    profile = ManualProfile([Entry("d/" + decode_name(r), text()) for r in raw])
+    tree = NodeTree(profile)
+    with caplog.at_level(logging.ERROR, logger="kho_fs.tree.tree"):
+        names = [encode_name(name) for name, _ in tree.children(tree.resolve("d"))]
+    assert sorted(names) == sorted(raw) and caplog.text == ""
+    assert decode_name(b"x\xffy") == "x\udcffy" and encode_name("x\udcffy") == b"x\xffy"
+    assert decode_name(b"caf\xc3\xa9") == "caf\xe9"
+
+
+def test_a_bad_entry_does_not_disturb_the_others():
     profile = ManualProfile(base_entries())
     tree = NodeTree(profile)
     active = tree.resolve("sys/kernel/kho/active")
     tree.take_changes()
     profile.set_entries([*base_entries(), Entry("sys/kernel/kho/active/x", text())])
-    with pytest.raises(ValueError):
+    assert tree.resolve("sys/kernel/kho/active") is active and not active.removed
+    assert tree.resolve("sys/kernel/kho/active/x") is None
+    changes = tree.take_changes()
+    assert changes is not None and (changes.added, changes.removed, changes.replaced) == (
+        [],
+        [],
+        [],
+    )
+
+
+def test_a_profile_whose_entries_raise_changes_nothing():
+    class Broken(ManualProfile):
+        broken = False
+
+        def entries(self):
+            if self.broken:
+                raise RuntimeError("profile bug")
+            return super().entries()
+
+    profile = Broken(base_entries())
+    tree = NodeTree(profile)
+    active = tree.resolve("sys/kernel/kho/active")
+    profile.broken = True
+    profile.touch()
+    with pytest.raises(RuntimeError):
         tree.sync()
     assert not active.removed
-    profile.set_entries(base_entries())
+    profile.broken = False
     assert tree.resolve("sys/kernel/kho/active") is active
 
 
