@@ -202,11 +202,27 @@ def test_status_save_and_umount_accept_any_spelling_of_the_mountpoint(tmp_path):
 # -- E: a user who does not own the mount -------------------------------------------------
 
 
+def _readable_root() -> str:
+    """A copy of this ``kho_fs`` any user can read: the checkout (CI's clone) may live
+    under a 0700 directory other users cannot enter."""
+    import tempfile
+
+    copy = Path(tempfile.mkdtemp(prefix="kho-fs-pkg-", dir="/tmp"))
+    shutil.copytree(
+        Path(package.__file__).resolve().parent,
+        copy / "kho_fs",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for p in [copy, *copy.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    return str(copy)
+
+
 def _python_for(uid: int) -> list[str]:
     """An interpreter ``uid`` can run, importing this very ``kho_fs`` (the virtualenv's
     may live under a directory other users cannot enter; `kho-fs umount` needs only the
     standard library)."""
-    root = str(Path(package.__file__).resolve().parent.parent)
+    root = ROOT_COPY
     candidates = [sys.executable, shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")]
     for python in filter(None, candidates):
         command = [python, "-c", "import kho_fs.daemon"]
@@ -224,8 +240,11 @@ def _env(root: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": root, "HOME": "/", "TMPDIR": "/tmp"}
 
 
+ROOT_COPY = _readable_root()
+
+
 def test_umount_by_another_user_says_who_owns_the_mount(tmp_path):
-    root = str(Path(package.__file__).resolve().parent.parent)
+    root = ROOT_COPY
     with mounted(tmp_path, memory="1G", cmdline="kho=on", allow_other=True) as m:
         os.chmod(m.mountpoint.parent, 0o755)
         command = _as(NOBODY, [*_python_for(NOBODY), "umount", str(m.mountpoint)])
