@@ -205,9 +205,11 @@ def test_status_save_and_umount_accept_any_spelling_of_the_mountpoint(tmp_path):
 def _readable_root() -> str:
     """A copy of this ``kho_fs`` any user can read: the checkout (CI's clone) may live
     under a 0700 directory other users cannot enter."""
+    import atexit
     import tempfile
 
     copy = Path(tempfile.mkdtemp(prefix="kho-fs-pkg-", dir="/tmp"))
+    atexit.register(shutil.rmtree, copy, True)
     shutil.copytree(
         Path(package.__file__).resolve().parent,
         copy / "kho_fs",
