@@ -190,6 +190,60 @@ def _mount_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default=None, help=argparse.SUPPRESS)
 
 
+@subcommand(
+    "matrix",
+    "kexec between every pair of releases in-process and tabulate what survives",
+    run="kho_fs.matrix:matrix_command",
+)
+def _matrix_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--from",
+        dest="sender",
+        action="append",
+        metavar="R",
+        help="sending releases (repeatable or comma-separated; default: all seven)",
+    )
+    parser.add_argument(
+        "--to",
+        dest="receiver",
+        action="append",
+        metavar="R",
+        help="receiving releases (default: all seven)",
+    )
+    parser.add_argument(
+        "--cmdline",
+        default=None,
+        help="command line of both kernels (default: two reserve_mem regions, kho=on, "
+        "test_kho.max_mem=1M)",
+    )
+    parser.add_argument(
+        "--driver",
+        action="append",
+        type=parse_driver,
+        default=None,
+        metavar="NAME",
+        help="built-in participant (default: test_kho)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the cells as JSON")
+
+
+@subcommand(
+    "mkimage",
+    "write a kernel image whose x86 boot header names a release",
+    run="kho_fs.matrix:mkimage_command",
+)
+def _mkimage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--release", required=True, type=parse_release, metavar="NAME")
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=1 << 20,
+        metavar="SIZE",
+        help="image size (default 1M; at least 3K)",
+    )
+    parser.add_argument("-o", "--output", required=True, metavar="FILE")
+
+
 @subcommand("umount", "unmount and wait for the daemon to exit", run="kho_fs.daemon:umount_command")
 def _umount_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mountpoint")

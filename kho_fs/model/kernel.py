@@ -66,6 +66,7 @@ class BootInfo(NamedTuple):
     cmdline: str = ""  # cold boot: the firmware's command line
     boot_params: int | None = None  # kexec boot: the zero page in RAM
     page_tables: int = 4 * SZ_1M  # early page-table allocation (model parameter)
+    notes: tuple[str, ...] = ()  # kho-fs lines logged after the banner (image mapping)
 
 
 class Kernel:
@@ -162,6 +163,8 @@ class Kernel:
         if boot.boot_params is not None:
             self.cmdline = self._read_cmdline(boot.boot_params)
         self.printk(self.linux_banner, KERN_NOTICE)
+        for note in boot.notes:
+            self.printk(note, KERN_NOTICE)
         self.printk(f"Command line: {self.cmdline}", KERN_INFO)
         args = parse_args(self.cmdline)
         # setup_arch: early_reserve_memory (v4 patch 11: RSRV_KERN for image, initrd, setup_data)

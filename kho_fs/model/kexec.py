@@ -18,6 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kho_fs.model.bzimage import ImageRelease, image_release
 from kho_fs.model.dmesg import KERN_INFO
 from kho_fs.model.errors import KernelError
 from kho_fs.model.kho import KhoMem
@@ -91,6 +92,8 @@ class Kimage:
     kernel: KexecBuf | None = None
     initrd: KexecBuf | None = None
     extra: dict[str, int] = field(default_factory=dict)
+    #: the release the image's boot header names (None: the running release again)
+    release: ImageRelease | None = None
 
     def segment(self, name: str) -> KexecBuf | None:
         return next((s for s in self.segments if s.name == name), None)
@@ -254,7 +257,7 @@ class Kexec:
         body, memsz = kernel_segment_size(kernel_image)
         kho = self.kernel.kho
         placed: list[KexecBuf] = []
-        image = Kimage(placed, cmdline, file_mode=True)
+        image = Kimage(placed, cmdline, file_mode=True, release=image_release(kernel_image))
         scratch = kho.kho_scratch_ranges()
         filled = kho.kho_fill_kimage()
         if filled is not None and isinstance(filled[0], int):
@@ -285,7 +288,7 @@ class Kexec:
         self._check_cmdline(cmdline)
         body, memsz = kernel_segment_size(kernel_image)
         placed: list[KexecBuf] = []
-        image = Kimage(placed, cmdline, file_mode=False)
+        image = Kimage(placed, cmdline, file_mode=False, release=image_release(kernel_image))
         self._x86_load(image, body, memsz, initrd, placed, None, top_down=False, floor=SZ_16M)
         self.kexec_image = image
         self.kernel.changed()

@@ -373,6 +373,10 @@ class KhoMainline:
             err = fdt.begin_node(name) or fdt.property(PROP_SUB_FDT, prop) or fdt.end_node()
             if err:
                 raise KernelError(errno.EINVAL if err != -FDT_ERR_NOSPACE else errno.ENOMEM)
+            if any(b.name == name for b in self.out_sub_fdts):
+                # debugfs_create_blob: the file a failed finalize left behind (spec §2.4)
+                # still exists, so creating it again fails (6.16 kho_debugfs_fdt_add)
+                raise KernelError(errno.EEXIST, f"out/sub_fdts/{name} exists")
         else:
             self._root_add_child(name, prop)
         self.out_sub_fdts.append(self._blob(name, fdt_phys, size))
@@ -699,13 +703,13 @@ class KhoMainline:
         if not self.release.require_mem_map:
             fdt = self.incoming_fdt()
             first = _get_mem_map_phys(fdt, k) if fdt is not None else 0
-        for phys, size, order in deserialize_runs(k.mem.read, first, self.release.bitmap_bytes):
-            size = min(size, U64_MASK + 1 - phys)
-            if size <= 0:
-                continue
-            k.memblock.memblock_reserve(phys, size)
-            k.memblock.memblock_reserved_mark_noinit(phys, size)
-            self._preserved_runs.append((phys, size, order))
+        runs = [
+            (phys, min(size, U64_MASK + 1 - phys), order)
+            for phys, size, order in deserialize_runs(k.mem.read, first, self.release.bitmap_bytes)
+            if phys <= U64_MASK
+        ]
+        k.memblock.memblock_reserve_noinit_many((phys, size) for phys, size, _ in runs if size > 0)
+        self._preserved_runs.extend(runs)
         if self.release.restore_root_folio and self.kho_restore_folio(self.fdt_in_phys) is None:
             k.printk("KHO: failed to restore folio for KHO fdt", KERN_WARNING)
 

@@ -98,9 +98,11 @@ class Machine:
             image=(image.kernel.mem, image.kernel.memsz),
             initrd=initrd,
             boot_params=image.boot_params.mem,
+            notes=(image.release.note,) if image.release and image.release.note else (),
         )
         self.generation += 1
-        self.kernel = self._start(boot)
+        release = image.release.release if image.release else self.kernel.release
+        self.kernel = self._start(boot, release)
         return self.kernel
 
     def reboot(self, cmdline: str | None = None) -> Kernel:
@@ -152,7 +154,9 @@ class Machine:
         if loaded is None:
             lines.append("kexec:       nothing loaded")
         else:
+            target = loaded.release.release if loaded.release else k.release
             lines.append(f"kexec:       loaded{' with KHO data' if loaded.kho_scratch else ''}")
+            lines.append(f"next kernel: {target.name} ({target.uts_release})")
         return "\n".join(lines) + "\n"
 
 

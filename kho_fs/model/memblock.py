@@ -22,7 +22,8 @@ wrapping silently, because in Python they can only come from an emulator bug.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from kho_fs.model.units import PAGE_SIZE, PHYS_ADDR_MAX, U64_MASK, round_down, round_up
@@ -325,6 +326,49 @@ class Memblock:
 
     def memblock_reserved_mark_noinit(self, base: int, size: int) -> None:
         self.memblock_setclr_flag(self.reserved, base, size, True, MEMBLOCK_RSRV_NOINIT)
+
+    def memblock_reserve_noinit_many(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """``memblock_reserve`` then ``memblock_reserved_mark_noinit`` for every range, in
+        one pass: the same list as the calls one by one (KHO's deserialization makes one
+        pair per preserved block; a misread map can make tens of thousands)."""
+        wanted = sorted(
+            (b, b + _cap_size(b, sz)) for b, sz in ranges if _cap_size(_u64("base", b), sz)
+        )
+        union: list[list[int]] = []
+        for b, e in wanted:
+            if union and b <= union[-1][1]:
+                union[-1][1] = max(union[-1][1], e)
+            else:
+                union.append([b, e])
+        if not union:
+            return
+        regions = self.reserved.regions
+        points = sorted(
+            {p for r in regions for p in (r.base, r.end)} | {p for u in union for p in u}
+        )
+        pieces: list[MemblockRegion] = []
+        ri = ui = 0
+        for lo, hi in itertools.pairwise(points):
+            while ri < len(regions) and regions[ri].end <= lo:
+                ri += 1
+            while ui < len(union) and union[ui][1] <= lo:
+                ui += 1
+            covered = ri < len(regions) and regions[ri].base <= lo
+            inside = ui < len(union) and union[ui][0] <= lo
+            if covered:
+                r = regions[ri]
+                flags = r.flags | (MEMBLOCK_RSRV_NOINIT if inside else 0)
+                piece = MemblockRegion(lo, hi - lo, flags, r.nid)
+            elif inside:
+                piece = MemblockRegion(lo, hi - lo, MEMBLOCK_RSRV_NOINIT, NUMA_NO_NODE)
+            else:
+                continue
+            last = pieces[-1] if pieces else None
+            if last and last.end == lo and last.flags == piece.flags and last.nid == piece.nid:
+                pieces[-1] = MemblockRegion(last.base, last.size + piece.size, last.flags, last.nid)
+            else:
+                pieces.append(piece)
+        regions[:] = pieces
 
     def memblock_set_node(self, base: int, size: int, type_: MemblockType, nid: int) -> None:
         """Tag the part of ``type_`` inside the range with node ``nid``, then re-merge."""

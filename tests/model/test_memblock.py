@@ -1035,3 +1035,32 @@ TestMemblockPages = MemblockMachine.TestCase
 TestMemblockPages.settings = _settings
 TestMemblockBytes = ByteMemblockMachine.TestCase
 TestMemblockBytes.settings = _settings
+
+
+def test_reserve_noinit_many_equals_one_by_one() -> None:
+    """The bulk form used by KHO deserialization leaves the same list as the calls
+    ``memblock_reserve`` + ``memblock_reserved_mark_noinit`` one range at a time."""
+    import random
+
+    from kho_fs.model.memblock import MEMBLOCK_RSRV_KERN
+
+    rng = random.Random(7)
+    for _ in range(300):
+        one, many = Memblock(), Memblock()
+        for _ in range(rng.randrange(6)):
+            b, sz = rng.randrange(0, 1 << 20, 4096), rng.randrange(1, 1 << 16)
+            flags = rng.choice([0, MEMBLOCK_RSRV_KERN])
+            nid = rng.choice([-1, 0, 1])
+            for mb in (one, many):
+                mb.memblock_reserve_range(b, sz, nid, flags)
+        ranges = [
+            (rng.randrange(0, 1 << 20, 4096), 4096 << rng.randrange(4))
+            for _ in range(rng.randrange(1, 40))
+        ]
+        for b, sz in ranges:
+            one.memblock_reserve(b, sz)
+            one.memblock_reserved_mark_noinit(b, sz)
+        many.memblock_reserve_noinit_many(ranges)
+        assert [(r.base, r.size, r.flags, r.nid) for r in many.reserved] == [
+            (r.base, r.size, r.flags, r.nid) for r in one.reserved
+        ]
