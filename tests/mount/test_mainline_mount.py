@@ -10,12 +10,23 @@ from pathlib import Path
 import pytest
 from mount_helpers import ENV, ok, sh
 
-from kho_fs.testing import mounted
+from kho_fs.testing import MountedMachine, mounted
 
 ROOT = Path(__file__).resolve().parents[2]
 MAINLINE = ["6.16", "6.17", "6.18", "6.19", "7.0"]
 SELFTEST_CMDLINE = "console=ttyS0 kho=on panic=-1"
 K = "sys/kernel/debug/kho"
+
+
+def selftest(m: MountedMachine) -> subprocess.CompletedProcess[str]:
+    """``scripts/kho-selftest`` against the mount."""
+    return subprocess.run(
+        [str(ROOT / "scripts/kho-selftest"), str(m.mountpoint)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+    )
 
 
 @pytest.mark.parametrize("release", MAINLINE)
@@ -26,13 +37,7 @@ def test_kernel_selftest_script_passes(tmp_path: Path, release: str) -> None:
         cmdline=SELFTEST_CMDLINE,
         extra_args=["--release", release, "--driver", "test_kho"],
     ) as m:
-        r = subprocess.run(
-            [str(ROOT / "scripts/kho-selftest"), str(m.mountpoint)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=ENV,
-        )
+        r = selftest(m)
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.rstrip().endswith("PASS")
         assert "test_kho: KHO restore succeeded" in m.read_bytes("machine/dmesg").decode()
@@ -42,13 +47,7 @@ def test_selftest_script_fails_without_test_kho(tmp_path: Path) -> None:
     with mounted(
         tmp_path, memory="1G", cmdline=SELFTEST_CMDLINE, extra_args=["--release", "6.19"]
     ) as m:
-        r = subprocess.run(
-            [str(ROOT / "scripts/kho-selftest"), str(m.mountpoint)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=ENV,
-        )
+        r = selftest(m)
         assert r.returncode == 1 and "FAIL: no out/sub_fdts/kho_test" in r.stdout
 
 
