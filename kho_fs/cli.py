@@ -116,12 +116,10 @@ def parse_release(value: str) -> str:
 
 
 def parse_driver(value: str) -> str:
-    from kho_fs.model.builtin_drivers import DRIVERS
-
-    if value not in DRIVERS:
-        raise argparse.ArgumentTypeError(
-            f"unknown driver {value!r} (built in: {', '.join(DRIVERS)})"
-        )
+    """``--driver SPEC``: checked for form only; the mount loads it (``kho_fs.drivers``)
+    and reports a driver that cannot be loaded by its spec."""
+    if not value or value != value.strip():
+        raise argparse.ArgumentTypeError(f"bad driver spec {value!r}")
     return value
 
 
@@ -149,16 +147,17 @@ def _mount_arguments(parser: argparse.ArgumentParser) -> None:
         type=parse_release,
         default=None,
         metavar="NAME",
-        help="kernel the machine boots: v4 (default), 6.12, 6.16, 6.17, 6.18, 6.19, 7.0",
+        help="kernel the machine boots: v4 (default), 6.12, 6.16, 6.17, 6.18, 6.19, 7.0, 7.2",
     )
     parser.add_argument(
         "--driver",
         action="append",
         type=parse_driver,
         default=None,
-        metavar="NAME",
-        help="built-in KHO participant to build in (repeatable): kho_example (the default "
-        "on v4), test_kho (the kernel's KHO test module, mainline releases)",
+        metavar="SPEC",
+        help="KHO driver to build in (repeatable): a built-in name, kho_example (the default "
+        "on v4) or test_kho (the kernel's KHO test module, mainline releases); an entry "
+        "point of group kho_fs.drivers; MODULE:FACTORY; or FILE.py:FACTORY",
     )
     parser.add_argument(
         "-f", "--foreground", action="store_true", help="serve in this process, log to stderr"
@@ -201,14 +200,14 @@ def _matrix_arguments(parser: argparse.ArgumentParser) -> None:
         dest="sender",
         action="append",
         metavar="R",
-        help="sending releases (repeatable or comma-separated; default: all seven)",
+        help="sending releases (repeatable or comma-separated; default: all eight)",
     )
     parser.add_argument(
         "--to",
         dest="receiver",
         action="append",
         metavar="R",
-        help="receiving releases (default: all seven)",
+        help="receiving releases (default: all eight)",
     )
     parser.add_argument(
         "--cmdline",
@@ -221,8 +220,8 @@ def _matrix_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         type=parse_driver,
         default=None,
-        metavar="NAME",
-        help="built-in participant (default: test_kho)",
+        metavar="SPEC",
+        help="driver, as for mount --driver (default: test_kho)",
     )
     parser.add_argument("--json", action="store_true", help="print the cells as JSON")
 
@@ -242,6 +241,44 @@ def _mkimage_arguments(parser: argparse.ArgumentParser) -> None:
         help="image size (default 1M; at least 3K)",
     )
     parser.add_argument("-o", "--output", required=True, metavar="FILE")
+
+
+@subcommand(
+    "inspect",
+    "decode a KHO handover: annotated FDTs, sub-FDTs and the preserved memory",
+    run="kho_fs.tool_commands:inspect_command",
+)
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a kho-fs mount, a debugfs kho/, kho/out or kho/in directory, or an FDT file",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--side",
+        choices=("out", "in"),
+        default=None,
+        help="outgoing or incoming handover (default: outgoing when there is one)",
+    )
+    parser.add_argument(
+        "--bitmap-bytes",
+        type=int,
+        choices=(512, 4096),
+        default=None,
+        help="preservation bitmap size (default: from the mount's proc/version)",
+    )
+
+
+@subcommand(
+    "map",
+    "draw a mounted machine's physical memory (SVG, or text with --text)",
+    run="kho_fs.tool_commands:map_command",
+)
+def _map_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
+    parser.add_argument("-o", "--output", metavar="FILE.svg", help="write the SVG here")
+    parser.add_argument("--text", action="store_true", help="print a text rendering")
 
 
 @subcommand("umount", "unmount and wait for the daemon to exit", run="kho_fs.daemon:umount_command")
@@ -270,6 +307,18 @@ def _save_arguments(parser: argparse.ArgumentParser) -> None:
 @subcommand("status", "show the emulated machine's state", run="kho_fs.daemon:status_command")
 def _status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mountpoint")
+
+
+@subcommand(
+    "run",
+    "run a command whose open(\"/dev/liveupdate\") and LUO ioctls reach the machine",
+    run="kho_fs.preload:run_command",
+)
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--root", metavar="MP", default=None, help="the machine's mountpoint (or $KHO_FS_ROOT)"
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND…")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -116,15 +116,13 @@ def build_profile(
     if cmdline is not None:  # the model's text stands for the bytes the shell passed
         cmdline = os.fsencode(cmdline).decode("latin-1")
     state_path = Path(state).resolve() if state else None
-    if state_path is not None and release not in (None, "v4"):
-        raise CommandError(
-            f"--state keeps v4 machines only for now (not --release {release})", EXIT_USAGE
-        )
     if state_path is not None and state_path.exists():
-        if memory is not None or nodes is not None or cmdline is not None:
+        # The file names the release (firmware and running kernel) and the drivers too.
+        machine_options = (memory, nodes, cmdline, release, drivers)
+        if any(option is not None for option in machine_options):
             raise CommandError(
                 f"{state}: the state file already describes the machine; "
-                "drop --memory/--nodes/--cmdline (or remove the file)",
+                "drop --memory/--nodes/--cmdline/--release/--driver (or remove the file)",
                 EXIT_USAGE,
             )
         from kho_fs.state import StateError, load_machine  # only a --state mount needs it
@@ -140,14 +138,18 @@ def build_profile(
         )
     if create and state_path is None:
         raise CommandError("--create goes with --state FILE", EXIT_USAGE)
-    from kho_fs.model.builtin_drivers import DRIVERS
+    from kho_fs.drivers import DriverLoadError, load_drivers
     from kho_fs.model.releases import DEFAULT_RELEASE
 
+    try:  # built-in names, entry points, MODULE:FACTORY, FILE.py:FACTORY (kho_fs.drivers)
+        factories = None if drivers is None else load_drivers(drivers)
+    except DriverLoadError as exc:
+        raise CommandError(str(exc), exc.exit_code) from None
     machine = Machine.create(
         memory=memory or DEFAULT_MEMORY,
         nodes=nodes or 1,
         cmdline=DEFAULT_CMDLINE if cmdline is None else cmdline,
-        drivers=None if drivers is None else [DRIVERS[d] for d in drivers],
+        drivers=factories,
         release=release or DEFAULT_RELEASE,
     )
     return V4Profile(machine, state_path=state_path)
@@ -391,6 +393,14 @@ def configure_logging(debug: bool) -> None:
     )
 
 
+def _log_boot_crashes() -> None:
+    """Tracebacks of drivers that raised during the cold boot (it ran before the log was
+    open) go to the daemon log now."""
+    from kho_fs.model.errors import log_pending_crashes
+
+    log_pending_crashes()
+
+
 def mount_command(args: argparse.Namespace) -> int:
     """``kho-fs mount``: see the module docstring."""
     mountpoint = check_mountpoint(args.mountpoint)
@@ -422,6 +432,7 @@ def mount_command(args: argparse.Namespace) -> int:
         options.add("allow_other")
     if args.foreground:
         configure_logging(args.debug)
+        _log_boot_crashes()
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
         try:
             return serve(profile, mountpoint, options, pid_path, on_ready=lambda: None)
@@ -479,6 +490,7 @@ def _daemon_main(
     os.close(log_fd)
     configure_logging(debug)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    _log_boot_crashes()
 
     def ready() -> None:
         os.write(ready_w, b"ok\n")
@@ -624,7 +636,8 @@ def serve(
     try:
         write_pid_file(pid_path, mountpoint, persistence.state_path)
         log.info("kho-fs serving %s (pid %d)", mountpoint, os.getpid())
-        trio.run(_main_loop, on_ready, persistence)
+        luo = _liveupdate_server(profile, mountpoint, options)
+        trio.run(_main_loop, on_ready, persistence, luo)
     except BaseException:
         log.exception("main loop failed")
         code = EXIT_FAILURE
@@ -755,7 +768,28 @@ def _shutdown_profile(profile: Profile) -> bool:
     return True
 
 
-async def _main_loop(on_ready: Callable[[], None], persistence: Persistence) -> None:
+def liveupdate_socket_path(mountpoint: str) -> Path:
+    """Where the daemon of ``mountpoint`` (a real path) serves ``/dev/liveupdate``."""
+    return state_paths(mountpoint)[0].with_suffix(".luo")
+
+
+def _liveupdate_server(profile: Profile, mountpoint: str, options: set[str]) -> Any:
+    """The ``/dev/liveupdate`` socket beside the mount (DESIGN §6, docs/luo.md) for a
+    profile that has a machine; the profile shows its path in ``machine/liveupdate``."""
+    machine = getattr(profile, "machine", None)
+    if machine is None:
+        return None
+    from kho_fs.luo_server import LuoServer
+
+    path = str(liveupdate_socket_path(mountpoint))
+    profile.liveupdate_socket = path  # type: ignore[attr-defined]
+    mode = 0o666 if "allow_other" in options else 0o600
+    return LuoServer(machine, path, mode)
+
+
+async def _main_loop(
+    on_ready: Callable[[], None], persistence: Persistence, liveupdate: Any = None
+) -> None:
     import pyfuse3
     import trio
 
@@ -763,6 +797,8 @@ async def _main_loop(on_ready: Callable[[], None], persistence: Persistence) -> 
         # Signals are ours before anyone hears "ready" (a SIGTERM right after the
         # mount must not find the default action).
         await nursery.start(_watch_signals, persistence)
+        if liveupdate is not None:
+            await nursery.start(liveupdate.run)
         on_ready()
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

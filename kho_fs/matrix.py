@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from kho_fs.cli import EXIT_USAGE, CommandError
-from kho_fs.model.builtin_drivers import DRIVERS
+from kho_fs.drivers import DriverLoadError, load_drivers
 from kho_fs.model.bzimage import make_bzimage, version_string
 from kho_fs.model.kho import Kho
 from kho_fs.model.kho_mainline import KhoMainline
 from kho_fs.model.machine import Machine
 from kho_fs.model.releases import RELEASES, get_release
 
-MATRIX_RELEASES = ["6.12", "v4", "6.16", "6.17", "6.18", "6.19", "7.0"]
+MATRIX_RELEASES = ["6.12", "v4", "6.16", "6.17", "6.18", "6.19", "7.0", "7.2"]
 MATRIX_CMDLINE = (
     "console=ttyS0 kho=on reserve_mem=16M:4096:oops reserve_mem=8M:4096:trace test_kho.max_mem=1M"
 )
@@ -55,8 +55,8 @@ def _activate(machine: Machine) -> None:
     kho = machine.kernel.kho
     if isinstance(kho, Kho) and kho.sysfs:
         kho.active_store(b"1")
-    elif isinstance(kho, KhoMainline) and kho.debugfs:
-        kho.finalize_store(1)
+    elif isinstance(kho, KhoMainline) and kho.debugfs and kho.release.has_finalize:
+        kho.finalize_store(1)  # the blob era (7.2) has nothing to activate
 
 
 def run_cell(
@@ -66,7 +66,7 @@ def run_cell(
     drivers: Sequence[str] = ("test_kho",),
 ) -> Cell:
     """Cold boot ``sender``, fill, activate, load a ``receiver`` image with -s, exec."""
-    factories = [DRIVERS[d] for d in drivers]
+    factories = load_drivers(drivers)
     with Machine.create(
         memory=MATRIX_MEMORY, cmdline=cmdline, release=sender, drivers=factories
     ) as m:
@@ -182,6 +182,10 @@ def _releases(values: list[str] | None) -> list[str]:
 def matrix_command(args: argparse.Namespace) -> int:
     cmdline = MATRIX_CMDLINE if args.cmdline is None else args.cmdline
     drivers = args.driver if args.driver is not None else ["test_kho"]
+    try:
+        load_drivers(drivers)  # fail before the first cell, with the driver named
+    except DriverLoadError as exc:
+        raise CommandError(str(exc), exc.exit_code) from None
     cells = run_matrix(_releases(args.sender), _releases(args.receiver), cmdline, drivers)
     if args.json:
         json.dump([c.as_dict() for c in cells], sys.stdout, indent=1)

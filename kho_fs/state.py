@@ -10,6 +10,15 @@ File format (all integers little-endian)::
                          ended by address 2^64-1 with length 0
     sha256               32 bytes over everything before it
 
+The metadata (format 2) names the release the firmware boots and the one running, the
+drivers by their ``--driver`` spec, and everything the running kernel keeps outside RAM:
+memblock, the page allocator, the KHO strategy's state (v4: the outgoing and incoming FDTs;
+mainline: scratch, the debugfs blobs, the preservation tracker, the notifier chain, the
+incoming map's runs; the blob era adds its radix tree), LUO's globals and the drivers' own
+state. Bits that live in RAM (bitmaps, radix leaves) are read back from RAM. Format 1
+(before releases) held v4 machines only; such files still load as v4. A machine whose LUO
+has sessions (files of connected processes) is not saved: OSError EBUSY.
+
 Only RAM that was ever written and is not all zeros is stored, so a 64 GiB machine with
 1 GiB of data makes a ~1 GiB file. Saving writes a temporary file next to the target,
 fsyncs it and renames it over the target, so a crash leaves the old state intact.
@@ -19,6 +28,7 @@ Anything wrong with a file (truncated, corrupted, foreign, another version) is r
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
@@ -28,22 +38,32 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from kho_fs.model.bzimage import ImageRelease
 from kho_fs.model.cmdline import ScratchSizing
 from kho_fs.model.dmesg import KERN_DEBUG, KERN_EMERG, KERN_INFO, LogRecord
-from kho_fs.model.drivers import BUILTIN_DRIVERS, KhoDriver
+from kho_fs.model.drivers import KhoDriver
 from kho_fs.model.fdt import Fdt, fdt_check_header
 from kho_fs.model.kernel import BootInfo, Kernel
 from kho_fs.model.kexec import KexecBuf, Kimage
 from kho_fs.model.kho import Kho, KhoMem
+from kho_fs.model.kho_blob import NEW_UTS_LEN, KhoBlobEra
+from kho_fs.model.kho_mainline import KhoBlob, KhoMainline
+from kho_fs.model.kho_mem_map import KhoMemTrack, _Bitmap
+from kho_fs.model.kho_radix import KHO_TREE_MAX_DEPTH, TABLE_ENTRIES, KhoRadixTree
+from kho_fs.model.luo import Luo, MemfdLuo
 from kho_fs.model.machine import Machine
-from kho_fs.model.memblock import MAX_NUMNODES, Memblock, MemblockRegion
+from kho_fs.model.memblock import MAX_NUMNODES, MEMBLOCK_KHO_SCRATCH, Memblock, MemblockRegion
+from kho_fs.model.memblock_kho import MemblockKho
 from kho_fs.model.notifier import NotifierBlock
+from kho_fs.model.page_alloc import PageAllocator
 from kho_fs.model.physmem import MAX_MEMORY, MAX_NODES, MIN_MEMORY, PhysicalMemory
-from kho_fs.model.releases import DEFAULT_RELEASE, RELEASES
+from kho_fs.model.releases import DEFAULT_RELEASE, RELEASES, Release
 from kho_fs.model.reserve_mem import ReserveMemKhoParticipant, ReserveMemRegion
+from kho_fs.model.units import PAGE_SIZE
 
 MAGIC = b"KHOFS-ST"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_VERSION = 1  # v4 machines only: no releases, page allocator or mainline KHO
 MAX_METADATA = 256 << 20
 COPY_CHUNK = 1 << 21
 END_OF_CHUNKS = (1 << 64) - 1
@@ -68,15 +88,18 @@ class _Blobs:
 
 
 def _kernel_state(k: Kernel, blobs: _Blobs) -> dict[str, Any]:
-    kho, boot = k.kho_v4, k.boot
+    boot = k.boot
     image = k.kexec.kexec_image
+    pages = k._pages
     return {
+        "release": k.release.name,
         "boot": {
             "image": list(boot.image),
             "initrd": list(boot.initrd) if boot.initrd else None,
             "cmdline": boot.cmdline,
             "boot_params": boot.boot_params,
             "page_tables": boot.page_tables,
+            "notes": list(boot.notes),
         },
         "generation": k.generation,
         "cmdline": k.cmdline,
@@ -89,7 +112,79 @@ def _kernel_state(k: Kernel, blobs: _Blobs) -> dict[str, Any]:
             "current_limit": k.memblock.current_limit,
             "kho_scratch_only": k.memblock.kho_scratch_only,
         },
-        "kho": {
+        "pages": None
+        if pages is None
+        else {
+            "free": [[start, end] for start, end in pages._free],
+            "allocated": sorted([phys, order] for phys, order in pages.allocated.items()),
+        },
+        "kho": _kho_state(k, blobs),
+        "luo": _luo_state(k.luo),
+        "reserve_mem": [[r.name, r.start, r.size] for r in k.reserve_mem.table],
+        "drivers": [[d.name, _driver_state(d)] for d in k.drivers],
+        # drivers whose boot hooks raised get no further hooks in this boot
+        "broken_drivers": [d.name for d in k.drivers if id(d) in k._broken_drivers],
+        "kexec": None if image is None else _kimage_state(image, blobs),
+    }
+
+
+def _driver_state(driver: KhoDriver) -> dict[str, Any]:
+    """A driver's ``get_state()``; plug-in code that raises or returns something that is no
+    JSON object fails the save with the reason (OSError EIO), never the daemon."""
+    try:
+        state = driver.get_state()
+        if not isinstance(state, dict):
+            raise TypeError(f"returned {type(state).__name__}, not a dict")
+        json.dumps(state)
+    except Exception as exc:
+        raise OSError(errno.EIO, f"driver {driver.name!r}: get_state() {_one_line(exc)}") from exc
+    return state
+
+
+#: LUO file handlers a state file can name (by their compatible) and build again.
+LUO_HANDLERS: dict[str, Callable[[], Any]] = {MemfdLuo.compatible: MemfdLuo}
+
+
+def _luo_state(luo: Luo | None) -> dict[str, Any] | None:
+    """``luo_global`` of a kernel with the Live Update Orchestrator. Sessions hold files of
+    processes connected to the daemon: a state file cannot keep them, so a machine with
+    sessions is not saved (EBUSY, with the reason); incoming sessions not yet deserialized
+    are in RAM and come back."""
+    if luo is None:
+        return None
+    if luo.outgoing or luo.incoming:
+        raise OSError(
+            errno.EBUSY,
+            f"LUO has {len(luo.outgoing)} outgoing and {len(luo.incoming)} incoming "
+            "session(s); a state file cannot keep them (finish or close them first)",
+        )
+    return {
+        "enabled": luo.enabled,
+        "liveupdate_num": luo.liveupdate_num,
+        "fdt_out": luo.fdt_out,
+        "fdt_in": luo.fdt_in,
+        "misc_registered": luo.misc_registered,
+        "out_header": luo.out_header,
+        "out_flb_header": luo.out_flb_header,
+        "in_header": luo.in_header,
+        "incoming_active": luo.incoming_active,
+        "deserialized": luo.deserialized,
+        "handlers": [h.compatible for h in luo.handlers],
+    }
+
+
+def _participant_name(k: Kernel, nb: NotifierBlock) -> str:
+    """How a state file names a KHO notifier: reserve_mem's mainline participant is
+    ``memblock`` (its sub-FDT's name), everything else has a ``name``."""
+    if nb is k.reserve_mem.memblock_kho:
+        return "memblock"
+    return str(getattr(nb, "name", "?"))
+
+
+def _kho_state(k: Kernel, blobs: _Blobs) -> dict[str, Any]:
+    kho = k.kho
+    if isinstance(kho, Kho):
+        return {
             "kho_enable": kho.kho_enable,
             "sizing": [kho.sizing.scale, kho.sizing.size_global, kho.sizing.size_pernode],
             "scratch": [[a.addr, a.size] for a in kho.scratch],
@@ -102,11 +197,79 @@ def _kernel_state(k: Kernel, blobs: _Blobs) -> dict[str, Any]:
             "scratch_in_phys": kho.scratch_in_phys,
             "sysfs": kho.sysfs,
             "dt_fw": blobs.put(kho.dt_fw),
-            "participants": [getattr(nb, "name", "?") for nb in kho.notifiers.chain],
+            "participants": [_participant_name(k, nb) for nb in kho.notifiers.chain],
+        }
+    if isinstance(kho, KhoMainline):
+        return _kho_mainline_state(k, kho)
+    return {}  # KhoNone: a kernel without KHO keeps nothing
+
+
+def _blob_state(b: KhoBlob | None) -> list[Any] | None:
+    return None if b is None else [b.name, b.phys, b.size, b.serial]
+
+
+def _kho_mainline_state(k: Kernel, kho: KhoMainline) -> dict[str, Any]:
+    track = kho._track
+    memblock_kho = k.reserve_mem.memblock_kho
+    return {
+        "kho_enable": kho.kho_enable,
+        "scratch_scale": kho.scratch_scale,
+        "scratch_sizes": [
+            kho.scratch_size_lowmem,
+            kho.scratch_size_global,
+            kho.scratch_size_pernode,
+        ],
+        "scratch": [[a.addr, a.size] for a in kho.scratch],
+        "scratch_table": kho.scratch_table,
+        "debugfs": kho.debugfs,
+        "finalized": kho.finalized,
+        "fdt_page": kho.fdt_page,
+        "preserved_mem_map": kho.preserved_mem_map,
+        "out_fdt": _blob_state(kho.out_fdt),
+        "out_sub_fdts": [_blob_state(b) for b in kho.out_sub_fdts],
+        "serial": kho._serial,
+        "fdt_in_phys": kho.fdt_in_phys,
+        "fdt_in_len": kho.fdt_in_len,
+        "scratch_in_phys": kho.scratch_in_phys,
+        "mem_map_in_phys": kho.mem_map_in_phys,
+        "in_fdt": _blob_state(kho.in_fdt),
+        "in_sub_fdts": [_blob_state(b) for b in kho.in_sub_fdts],
+        "preserved_runs": [list(run) for run in kho._preserved_runs],
+        "restored": sorted(kho._restored),
+        # The bitmaps' bits are in RAM (written through); only where each bitmap is.
+        "track": None
+        if track is None
+        else {
+            "orders": [
+                [order, [[index, bitmap.phys] for index, bitmap in sorted(per_order.items())]]
+                for order, per_order in sorted(track.orders.items())
+            ],
+            "slab": list(track._slab),
         },
-        "reserve_mem": [[r.name, r.start, r.size] for r in k.reserve_mem.table],
-        "drivers": [[d.name, d.get_state()] for d in k.drivers],
-        "kexec": None if image is None else _kimage_state(image, blobs),
+        "memblock": None if memblock_kho is None else {"fdt_page": memblock_kho.fdt_page},
+        "participants": [_participant_name(k, nb) for nb in kho.notifiers.chain],
+        **({"blob": _kho_blob_era_state(kho)} if isinstance(kho, KhoBlobEra) else {}),
+    }
+
+
+def _kho_blob_era_state(kho: KhoBlobEra) -> dict[str, Any]:
+    """What the blob era (7.2) adds: the radix tree's pages (the leaves' bits are in RAM,
+    written through) and the kexec-metadata record's fields."""
+    tree = kho.radix
+    return {
+        "radix": None
+        if tree is None
+        else {
+            "root": tree.root,
+            "tables": [
+                [node, sorted([index, child] for index, child in table.items())]
+                for node, table in sorted(tree._tables.items())
+            ],
+            "leaves": sorted(tree._leaves),
+        },
+        "kexec_count": kho.kexec_count,
+        "previous_release": kho.previous_release,
+        "metadata_phys": kho.metadata_phys,
     }
 
 
@@ -116,16 +279,29 @@ def _kimage_state(image: Kimage, blobs: _Blobs) -> dict[str, Any]:
         for s in image.segments
     ]
     refs = {ref: getattr(image, ref).name if getattr(image, ref) else None for ref in KIMAGE_REFS}
-    return {"segments": segs, "cmdline": image.cmdline, "file_mode": image.file_mode, "refs": refs}
+    target = image.release
+    return {
+        "segments": segs,
+        "cmdline": image.cmdline,
+        "file_mode": image.file_mode,
+        "refs": refs,
+        "kho_fdt_phys": image.kho_fdt_phys,
+        "release": None if target is None else [target.release.name, target.note],
+    }
 
 
 def _ram_chunks(mem: PhysicalMemory) -> Iterator[tuple[int, bytes]]:
-    """Written chunks that hold something other than zeros."""
+    """Written chunks that hold something other than zeros, cut to RAM (the first 2 MiB
+    chunk holds the legacy hole below 1 MiB)."""
     zero = bytes(1 << 21)
-    for addr, length in mem.dirty_chunks():
-        data = mem.read(addr, length)
-        if data != zero[:length]:
-            yield addr, data
+    for chunk, length in mem.dirty_chunks():
+        for r in mem.ram:
+            addr, end = max(chunk, r.start), min(chunk + length, r.end)
+            if addr >= end:
+                continue
+            data = mem.read(addr, end - addr)
+            if data != zero[: end - addr]:
+                yield addr, data
 
 
 def save_machine(machine: Machine, path: str | os.PathLike[str]) -> int:
@@ -137,6 +313,7 @@ def save_machine(machine: Machine, path: str | os.PathLike[str]) -> int:
             "memory": machine.mem.installed,
             "nodes": machine.mem.nr_nodes,
             "cold_cmdline": machine.cold_cmdline,
+            "cold_release": machine.cold_release.name,
             "generation": machine.generation,
             "boots": machine.boots,
             "drivers": [getattr(d, "name", None) for d in machine.drivers],
@@ -213,12 +390,15 @@ def load_machine(
     consistency with the rest (:class:`_Field`) before the model sees it, and anything
     the model still rejects while the machine is rebuilt is reported the same way: a
     one-line :class:`StateError`, never a traceback.
+
+    The machine's drivers are recorded by their ``--driver`` spec and loaded again with
+    :func:`kho_fs.drivers.load_driver` (built-in names, entry points, modules, files), or
+    looked up in ``drivers`` when given.
     """
-    registry = BUILTIN_DRIVERS if drivers is None else drivers
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
-            return _load(f, size, registry)
+            return _load(f, size, _driver_resolver(drivers))
     except StateError:
         raise
     except OSError as exc:
@@ -227,6 +407,40 @@ def load_machine(
         raise StateError("corrupted file (bad metadata: nested too deeply)") from None
     except Exception as exc:  # whatever the model refuses in a crafted file
         raise StateError(f"corrupted file (bad metadata: {_one_line(exc)})") from None
+
+
+DriverResolver = Callable[[str], Callable[[Kernel], KhoDriver]]
+
+
+def _driver_resolver(
+    registry: dict[str, Callable[[Kernel], KhoDriver]] | None,
+) -> DriverResolver:
+    """Spec -> driver factory; StateError when the spec cannot be loaded."""
+    if registry is not None:
+
+        def lookup(spec: str) -> Callable[[Kernel], KhoDriver]:
+            if spec not in registry:
+                raise StateError(f"the saved machine uses driver {spec!r}, which is not available")
+            return registry[spec]
+
+        return lookup
+    from kho_fs.drivers import DriverLoadError, load_driver
+
+    def load(spec: str) -> Callable[[Kernel], KhoDriver]:
+        try:
+            return load_driver(spec)
+        except DriverLoadError as exc:
+            raise StateError(
+                f"the saved machine uses driver {spec!r}, which cannot be loaded: "
+                f"{_shorten(exc.reason)}"
+            ) from None
+
+    return load
+
+
+def _shorten(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _one_line(exc: BaseException) -> str:
@@ -342,17 +556,18 @@ def _parse_metadata(raw: bytes) -> _Field:
     return root
 
 
-def _load(f: BinaryIO, size: int, registry: dict[str, Callable[[Kernel], KhoDriver]]) -> Machine:
+def _load(f: BinaryIO, size: int, resolve: DriverResolver) -> Machine:
     if size < len(MAGIC) + 12 + 32:
         raise StateError("not a kho-fs state file (too short)")
     r = _Reader(f, size - 32)
     if r.take(len(MAGIC), "magic") != MAGIC:
         raise StateError("not a kho-fs state file (bad magic)")
     version, meta_len = r.unpack("<IQ", "header")
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, LEGACY_VERSION):
         raise StateError(
             f"state file format {version} is not supported (expected {FORMAT_VERSION})"
         )
+    legacy = version == LEGACY_VERSION
     if meta_len > MAX_METADATA:
         raise StateError("corrupted file (metadata length)")
     raw_meta = r.take(meta_len, "metadata")
@@ -385,46 +600,77 @@ def _load(f: BinaryIO, size: int, registry: dict[str, Callable[[Kernel], KhoDriv
             raise StateError("corrupted file (checksum mismatch)")
         factories = []
         for field in mm["drivers"].items():
-            name = field.text()
-            if name not in registry:
-                raise StateError(f"the saved machine uses driver {name!r}, which is not available")
-            factories.append(registry[name])
+            factories.append(resolve(field.text()))
         machine = Machine.__new__(Machine)
         machine.mem = mem
         machine.cold_cmdline = mm["cold_cmdline"].cmdline()
-        machine.cold_release = RELEASES[DEFAULT_RELEASE]  # state files hold v4 machines
+        # format 1 knew one kernel, the v4 series
+        machine.cold_release = RELEASES[DEFAULT_RELEASE] if legacy else _release(mm["cold_release"])
         machine.drivers = factories
         machine.generation = mm["generation"].integer(0, S64_MAX)
         machine.boots = mm["boots"].integer(1, S64_MAX)
         machine.version = 0
-        machine.kernel = _restore_kernel(machine, meta["kernel"], blobs)
+        machine.kernel = _restore_kernel(machine, meta["kernel"], blobs, legacy)
     except BaseException:
         mem.close()
         raise
     return machine
 
 
-def _restore_kernel(machine: Machine, ks: _Field, blobs: list[bytes]) -> Kernel:
+def _release(field: _Field) -> Release:
+    name = field.text()
+    if name not in RELEASES:
+        shown = name if len(name) <= 20 else name[:20] + "..."
+        raise field.bad(f"names no release kho-fs has ({shown!r})")
+    return RELEASES[name]
+
+
+def _restore_kernel(machine: Machine, ks: _Field, blobs: list[bytes], legacy: bool) -> Kernel:
     mem = machine.mem
+    release = RELEASES[DEFAULT_RELEASE] if legacy else _release(ks["release"])
     b = ks["boot"]
     initrd = b["initrd"].optional()
     boot_params = b["boot_params"].optional()
+    notes = () if legacy else tuple(note.text(line=True) for note in b["notes"].items())
     boot = BootInfo(
         image=b["image"].range(mem),
         initrd=initrd.range(mem) if initrd is not None else None,
         cmdline=b["cmdline"].cmdline(),
         boot_params=boot_params.integer() if boot_params is not None else None,
         page_tables=b["page_tables"].integer(),
+        notes=notes,
     )
     k = Kernel(
-        mem, boot, ks["generation"].integer(0, S64_MAX), machine.drivers, on_change=machine._changed
+        mem,
+        boot,
+        ks["generation"].integer(0, S64_MAX),
+        machine.drivers,
+        on_change=machine._changed,
+        release=release,
     )
     panic = ks["panic"].optional()
     k.cmdline, k.panic = ks["cmdline"].cmdline(), panic.text() if panic is not None else None
     k.log.records = _restore_log(ks["log"])
     k.log.resume()
     _restore_memblock(k.memblock, ks["memblock"])
-    _restore_kho(k, ks["kho"], blobs)
+    if legacy:  # format 1 had no page allocator: the one boot made (nothing allocates on v4)
+        k._pages = PageAllocator(mem, k.memblock) if k.panic is None else None
+    else:
+        k._pages = _restore_pages(ks["pages"], k)
+    kh = ks["kho"]
+    if isinstance(k.kho, Kho):
+        _restore_kho_v4(k, k.kho, kh, blobs)
+    elif isinstance(k.kho, KhoMainline):
+        _restore_kho_mainline(k, k.kho, kh)
+    elif not isinstance(kh.value, dict):  # KhoNone keeps nothing
+        raise kh.bad("is not an object")
+    luo = ks["luo"].optional() if not legacy else None
+    if (luo is None) != (k.luo is None):
+        raise ks["luo"].bad(
+            f"does not fit release {release.name} (LUO {'in' if k.luo else 'not in'} it)"
+        )
+    if luo is not None and k.luo is not None:
+        _restore_luo(k.luo, luo, k._pages)
     regions = []
     for field in ks["reserve_mem"].items():
         name, start, size = field.items(3)
@@ -435,36 +681,110 @@ def _restore_kernel(machine: Machine, ks: _Field, blobs: list[bytes]) -> Kernel:
             ReserveMemRegion(text, *ram_range(field, mem, start.integer(), size.integer()))
         )
     k.reserve_mem.table = regions
-    saved_drivers: dict[str, dict[str, Any]] = {}
-    for field in ks["drivers"].items():
-        driver_name, driver_state = field.items(2)
-        if not isinstance(driver_state.value, dict):
-            raise driver_state.bad("is not an object")
-        saved_drivers[driver_name.text()] = driver_state.value
-    for driver in k.drivers:
-        # What a driver keeps is its own to check; whatever it accepts must lie in RAM.
-        driver.set_state(saved_drivers.get(driver.name) or {})
-        for region in driver.regions():
-            if region.size <= 0 or not mem.is_ram(region.start, region.size):
-                raise StateError(
-                    f"corrupted file (bad metadata: driver {driver.name!r} region "
-                    f"{region.name!r} is not RAM)"
-                )
-    participants: dict[str, NotifierBlock] = {
-        "reserve_mem": ReserveMemKhoParticipant(k.reserve_mem)
-    }
-    participants.update({d.name: d for d in k.drivers})
-    for field in ks["kho"]["participants"].items():
-        participant = field.text()
-        if participant not in participants:
-            raise StateError(
-                f"the saved kernel has KHO participant {participant!r}, which is not available"
-            )
-        k.kho.register_kho_notifier(participants[participant])
+    _restore_drivers(k, ks["drivers"], legacy)
+    if not legacy:
+        by_name = {d.name: d for d in k.drivers}
+        for field in ks["broken_drivers"].items():
+            broken = by_name.get(field.text())
+            if broken is None:
+                raise field.bad("names no driver the kernel runs")
+            k._broken_drivers.add(id(broken))
+    if isinstance(k.kho, Kho | KhoMainline):
+        _restore_participants(k, kh["participants"])
     kexec = ks["kexec"].optional()
     if kexec is not None:
-        k.kexec.kexec_image = _restore_kimage(kexec, blobs, mem)
+        k.kexec.kexec_image = _restore_kimage(kexec, blobs, mem, legacy)
     return k
+
+
+def _restore_luo(luo: Luo, st: _Field, pages: PageAllocator | None) -> None:
+    """``luo_global``: what the boot read from the incoming ``LUO`` subtree and the pages
+    ``luo_fdt_setup`` allocated (sessions are never in a state file)."""
+    luo.enabled = st["enabled"].boolean()
+    luo.liveupdate_num = st["liveupdate_num"].integer()
+    luo.misc_registered = st["misc_registered"].boolean()
+    luo.incoming_active = st["incoming_active"].boolean()
+    luo.fdt_in, luo.in_header = st["fdt_in"].integer(), st["in_header"].integer()
+    for name in ("fdt_out", "out_header", "out_flb_header"):
+        field = st[name]
+        phys = field.integer()
+        if phys and (pages is None or phys not in pages.allocated):
+            raise field.bad("is not a block the kernel allocated")
+        setattr(luo, name, phys)
+    deserialized = st["deserialized"].optional()
+    luo.deserialized = deserialized.integer(-4095, 0) if deserialized is not None else None
+    handlers = []
+    for field in st["handlers"].items():
+        compatible = field.text()
+        if compatible not in LUO_HANDLERS:
+            raise field.bad(f"names no LUO file handler kho-fs has ({compatible[:20]!r})")
+        handlers.append(LUO_HANDLERS[compatible]())
+    luo.handlers = handlers
+
+
+def _restore_drivers(k: Kernel, field: _Field, legacy: bool) -> None:
+    """Each driver's own state, checked by the driver (a refusal names the field); what a
+    driver accepts as its memory must lie in RAM. Format 2 lists exactly the drivers the
+    kernel runs, in order."""
+    saved: dict[str, _Field] = {}
+    for entry in field.items():
+        name, state = entry.items(2)
+        text = name.text()
+        if text in saved:
+            raise name.bad(f"repeats driver {text!r}")
+        if not isinstance(state.value, dict):
+            raise state.bad("is not an object")
+        saved[text] = state
+    running = [d.name for d in k.drivers]
+    if not legacy and list(saved) != running:
+        raise field.bad(f"does not list the drivers the kernel runs ({', '.join(running)})")
+    for driver in k.drivers:
+        saved_state = saved.get(driver.name)
+        where = saved_state if saved_state is not None else field
+        try:
+            driver.set_state(where.value if saved_state is not None else {})  # type: ignore[arg-type]
+        except Exception as exc:  # the driver's own check, or its code failing
+            raise where.bad(f"is refused by driver {driver.name!r}: {_one_line(exc)}") from None
+        try:
+            regions = list(driver.regions())
+        except Exception as exc:
+            raise where.bad(f"gives driver {driver.name!r} no regions: {_one_line(exc)}") from None
+        for region in regions:
+            label: object = region
+            try:
+                label, start, size = region
+                ok = type(start) is int and type(size) is int and size > 0
+                ok = ok and k.mem.is_ram(start, size)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise StateError(
+                    f"corrupted file (bad metadata: driver {driver.name!r} region "
+                    f"{label!r} is not RAM)"
+                )
+
+
+def _restore_participants(k: Kernel, field: _Field) -> None:
+    """The KHO notifier chain, in order: drivers by name, and reserve_mem's participant
+    (``reserve_mem`` on v4, ``memblock`` on mainline)."""
+    kho = k.kho
+    assert isinstance(kho, Kho | KhoMainline)
+    available: dict[str, NotifierBlock] = {d.name: d for d in k.drivers}
+    if isinstance(kho, Kho):
+        available["reserve_mem"] = ReserveMemKhoParticipant(k.reserve_mem)
+    elif k.reserve_mem.memblock_kho is not None:
+        available["memblock"] = k.reserve_mem.memblock_kho
+    seen: set[str] = set()
+    for entry in field.items():
+        name = entry.text()
+        if name not in available:
+            raise StateError(
+                f"the saved kernel has KHO participant {name!r}, which is not available"
+            )
+        if name in seen:
+            raise entry.bad(f"registers {name!r} twice")
+        seen.add(name)
+        kho.register_kho_notifier(available[name])
 
 
 def _restore_log(field: _Field) -> list[LogRecord]:
@@ -506,10 +826,8 @@ def _restore_memblock(mb: Memblock, field: _Field) -> None:
         raise field.bad(f"lists are inconsistent ({exc})") from None
 
 
-def _restore_kho(k: Kernel, kh: _Field, blobs: list[bytes]) -> None:
-    kho, mem = k.kho_v4, k.mem
-    if not isinstance(kho, Kho):
-        raise StateError("the saved machine's kernel has no v4 KHO to restore into")
+def _restore_kho_v4(k: Kernel, kho: Kho, kh: _Field, blobs: list[bytes]) -> None:
+    mem = k.mem
     kho.kho_enable = kh["kho_enable"].boolean()
     kho.active = kh["active"].boolean()
     kho.sysfs = kh["sysfs"].boolean()
@@ -532,7 +850,282 @@ def _restore_kho(k: Kernel, kh: _Field, blobs: list[bytes]) -> None:
     )
 
 
-def _restore_kimage(st: _Field, blobs: list[bytes], mem: PhysicalMemory) -> Kimage:
+MAX_ORDER = 64 - 12  # a block of PAGE_SIZE << order bytes still has a u64 address
+KHO_SCRATCH_ENTRY = 16  # struct kho_scratch
+
+
+def _restore_pages(field: _Field, k: Kernel) -> PageAllocator | None:
+    """The page allocator: sorted page-aligned free ranges, and the blocks handed out
+    (each aligned to its size); all in RAM, none overlapping another."""
+    st = field.optional()
+    if st is None:
+        if k.panic is None:
+            raise field.bad("is missing although the kernel is running")
+        return None
+    mem = k.mem
+    free: list[tuple[int, int]] = []
+    last = 0
+    for entry in st["free"].items():
+        start, end = (f.integer() for f in entry.items(2))
+        if start % PAGE_SIZE or end % PAGE_SIZE or not last <= start < end:
+            raise entry.bad("is not a page-aligned range above the previous one")
+        ram_range(entry, mem, start, end - start)
+        free.append((start, end))
+        last = end
+    allocated: dict[int, int] = {}
+    for entry in st["allocated"].items():
+        phys_field, order_field = entry.items(2)
+        phys, order = phys_field.integer(), order_field.integer(0, MAX_ORDER)
+        size = PAGE_SIZE << order
+        if phys % size:
+            raise entry.bad("is not aligned to its size")
+        ram_range(entry, mem, phys, size)
+        if phys in allocated:
+            raise entry.bad("repeats a block")
+        allocated[phys] = order
+    spans = sorted(free + [(phys, phys + (PAGE_SIZE << o)) for phys, o in allocated.items()])
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        if start < end:
+            raise st.bad(f"has overlapping blocks or free ranges at {start:#x}")
+    # Its memory is what memblock handed over: neither reserved nor KHO scratch.
+    mb = k.memblock
+    kept = sorted(
+        [(r.base, r.end) for r in mb.reserved]
+        + [(r.base, r.end) for r in mb.memory if r.flags & MEMBLOCK_KHO_SCRATCH]
+    )
+    clash = _first_overlap(spans, kept)
+    if clash is not None:
+        raise st.bad(f"hands out memory memblock kept at {clash:#x}")
+    pages = PageAllocator(mem, k.memblock)
+    pages._free, pages.allocated = free, allocated
+    return pages
+
+
+def _first_overlap(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> int | None:
+    """The start of the first overlap of two lists of ``[start, end)`` ranges sorted by
+    start, or None; the members of ``a`` must not overlap each other (those of ``b`` may)."""
+    i = j = 0
+    while i < len(a) and j < len(b):
+        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if start < end:
+            return start
+        if a[i][1] <= b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return None
+
+
+def _allocated(field: _Field, pages: PageAllocator | None, phys: int, order: int = 0) -> int:
+    """``phys`` when it is a block of ``order`` the page allocator handed out."""
+    if pages is None or pages.allocated.get(phys) != order:
+        raise field.bad(f"is not a block of order {order} the kernel allocated")
+    return phys
+
+
+def _kho_blob(field: _Field, mem: PhysicalMemory, *, ram: bool) -> KhoBlob:
+    """``[name, phys, size, serial]`` of a debugfs blob; with ``ram`` it must lie in RAM
+    (the outgoing ones: pages this kernel wrote)."""
+    name, phys, size, serial = field.items(4)
+    blob = KhoBlob(
+        name.text(), phys.integer(), size.integer(0, U32_MAX), serial.integer(1, S64_MAX)
+    )
+    if ram:
+        ram_range(field, mem, blob.phys, blob.size)
+    return blob
+
+
+def _restore_kho_mainline(k: Kernel, kho: KhoMainline, kh: _Field) -> None:
+    """Everything a mainline kernel keeps outside RAM (``kho_out``, ``kho_in``, scratch,
+    the preservation tracker, reserve_mem's memblock participant)."""
+    mem, pages = k.mem, k._pages
+    kho.kho_enable = kh["kho_enable"].boolean()
+    kho.scratch_scale = kh["scratch_scale"].integer(0, U32_MAX)
+    lowmem, size_global, pernode = (f.integer() for f in kh["scratch_sizes"].items(3))
+    kho.scratch_size_lowmem, kho.scratch_size_global, kho.scratch_size_pernode = (
+        lowmem,
+        size_global,
+        pernode,
+    )
+    # kho_in: a handover's values were checked by kho_populate when it booted
+    kho.fdt_in_phys = kh["fdt_in_phys"].integer()
+    kho.fdt_in_len = kh["fdt_in_len"].integer(0, U32_MAX)
+    kho.scratch_in_phys = kh["scratch_in_phys"].integer()
+    kho.mem_map_in_phys = kh["mem_map_in_phys"].integer()
+    if kho.fdt_in_phys:
+        ram_range(kh["fdt_in_len"], mem, kho.fdt_in_phys, kho.fdt_in_len)
+    # Scratch: reserved in RAM by the first boot (`kho_scratch=0%` makes empty areas);
+    # after a handover, the table the previous kernel wrote, taken as it was.
+    areas = []
+    for area in kh["scratch"].items():
+        if kho.fdt_in_phys:
+            areas.append(KhoMem(*(f.integer() for f in area.items(2))))
+        else:
+            areas.append(KhoMem(*area.range(mem, empty=True)))
+    kho.scratch = areas
+    kho.scratch_table = kh["scratch_table"].integer()
+    if areas:
+        ram_range(kh["scratch_table"], mem, kho.scratch_table, len(areas) * KHO_SCRATCH_ENTRY)
+    # kho_out
+    kho.debugfs = kh["debugfs"].boolean()
+    kho.finalized = kh["finalized"].boolean()
+    kho.fdt_page = kh["fdt_page"].integer()
+    if kho.fdt_page:
+        _allocated(kh["fdt_page"], pages, kho.fdt_page)
+    kho.preserved_mem_map = kh["preserved_mem_map"].integer()
+    if kho.preserved_mem_map:
+        _allocated(kh["preserved_mem_map"], pages, kho.preserved_mem_map)
+    # debugfs blobs: windows on RAM, each with its own serial (a file instance)
+    kho._serial = kh["serial"].integer(0, S64_MAX)
+    out_fdt = kh["out_fdt"].optional()
+    in_fdt = kh["in_fdt"].optional()
+    kho.out_fdt = _kho_blob(out_fdt, mem, ram=True) if out_fdt is not None else None
+    kho.out_sub_fdts = [_kho_blob(f, mem, ram=True) for f in kh["out_sub_fdts"].items()]
+    kho.in_fdt = _kho_blob(in_fdt, mem, ram=True) if in_fdt is not None else None
+    kho.in_sub_fdts = [_kho_blob(f, mem, ram=False) for f in kh["in_sub_fdts"].items()]
+    if out_fdt is not None and kho.out_fdt is not None and kho.out_fdt[:2] != ("fdt", kho.fdt_page):
+        raise out_fdt.bad("is not the root FDT page named fdt")
+    if in_fdt is not None and kho.in_fdt is not None and kho.in_fdt[:2] != ("fdt", kho.fdt_in_phys):
+        raise in_fdt.bad("is not the incoming FDT named fdt")
+    blobs = [kho.out_fdt, kho.in_fdt, *kho.out_sub_fdts, *kho.in_sub_fdts]
+    serials = [b.serial for b in blobs if b is not None]
+    if len(set(serials)) != len(serials) or any(n > kho._serial for n in serials):
+        raise kh["serial"].bad("does not match the blobs (repeated or newer serials)")
+    # the incoming map as memory init reserved it, and the folios restored since
+    runs = []
+    for run in kh["preserved_runs"].items():
+        phys_field, size_field, order_field = run.items(3)
+        phys, size = phys_field.integer(), size_field.integer(1)
+        if phys + size > U64_MAX + 1:
+            raise run.bad("ends past 2^64")
+        runs.append((phys, size, order_field.integer(0, MAX_ORDER)))
+    kho._preserved_runs = runs
+    restored = [f.integer() for f in kh["restored"].items()]
+    if len(set(restored)) != len(restored):
+        raise kh["restored"].bad("repeats an address")
+    kho._restored = set(restored)
+    track = kh["track"].optional()
+    kho._track = _restore_track(track, k, pages) if track is not None else None
+    memblock = kh["memblock"].optional()
+    if memblock is not None:
+        make = getattr(kho, "make_memblock_kho", None)  # an era with its own steps
+        memblock_kho = make(k.reserve_mem) if make is not None else MemblockKho(k.reserve_mem, kho)
+        memblock_kho.fdt_page = memblock["fdt_page"].integer()
+        if memblock_kho.fdt_page:
+            _allocated(memblock["fdt_page"], pages, memblock_kho.fdt_page)
+        k.reserve_mem.memblock_kho = memblock_kho
+    if isinstance(kho, KhoBlobEra):
+        _restore_kho_blob_era(k, kho, kh["blob"], pages)
+
+
+def _restore_kho_blob_era(
+    k: Kernel, kho: KhoBlobEra, st: _Field, pages: PageAllocator | None
+) -> None:
+    kho.kexec_count = st["kexec_count"].integer(0, U32_MAX)
+    previous = st["previous_release"].text(line=True)
+    if len(previous) > NEW_UTS_LEN:
+        raise st["previous_release"].bad(f"is longer than {NEW_UTS_LEN} bytes")
+    kho.previous_release = previous
+    kho.metadata_phys = st["metadata_phys"].integer()
+    if kho.metadata_phys:
+        _allocated(st["metadata_phys"], pages, kho.metadata_phys)
+    radix = st["radix"].optional()
+    kho.radix = _restore_radix(radix, k, pages) if radix is not None else None
+
+
+def _restore_radix(st: _Field, k: Kernel, pages: PageAllocator | None) -> KhoRadixTree:
+    """The radix tree: table pages with their entries, leaf pages (bits read back from
+    RAM), each a page the kernel allocated, each reached once from the root at its level."""
+    if pages is None:
+        raise st.bad("needs a page allocator (the boot stopped before it)")
+    root_field = st["root"]
+    root = _allocated(root_field, pages, root_field.integer())
+    tables: dict[int, dict[int, int]] = {}
+    for entry in st["tables"].items():
+        node_field, children = entry.items(2)
+        node = _allocated(node_field, pages, node_field.integer())
+        if node in tables:
+            raise node_field.bad("repeats a table")
+        table: dict[int, int] = {}
+        for item in children.items():
+            index_field, child_field = item.items(2)
+            index = index_field.integer(0, TABLE_ENTRIES - 1)
+            if index in table:
+                raise index_field.bad("repeats an entry")
+            table[index] = child_field.integer()
+        tables[node] = table
+    leaves: set[int] = set()
+    for leaf_field in st["leaves"].items():
+        leaf = _allocated(leaf_field, pages, leaf_field.integer())
+        if leaf in leaves or leaf in tables:
+            raise leaf_field.bad("repeats a page")
+        leaves.add(leaf)
+    if root not in tables:
+        raise root_field.bad("is not a table")
+    reached, todo = {root}, [(root, KHO_TREE_MAX_DEPTH - 1)]
+    while todo:
+        node, level = todo.pop()
+        for child in tables[node].values():
+            if child in reached:
+                raise st.bad(f"reaches page {child:#x} twice")
+            reached.add(child)
+            if level > 1 and child in tables:
+                todo.append((child, level - 1))
+            elif level == 1 and child in leaves:
+                continue
+            else:
+                raise st.bad(f"has page {child:#x} where a level-{level - 1} node belongs")
+    if reached != set(tables) | leaves:
+        raise st.bad("holds pages the root does not reach")
+    tree = KhoRadixTree(k.mem, pages, root)
+    tree._tables = tables
+    tree._leaves = {leaf: bytearray(k.mem.read(leaf, PAGE_SIZE)) for leaf in sorted(leaves)}
+    return tree
+
+
+def _restore_track(st: _Field, k: Kernel, pages: PageAllocator | None) -> KhoMemTrack:
+    """``kho_mem_track``: where each bitmap is (its bits are read back from RAM, where
+    every change was written through) and the free bitmap slots of a carved page."""
+    if pages is None:
+        raise st.bad("needs a page allocator (the boot stopped before it)")
+    track = KhoMemTrack(k.mem, pages, k.release.bitmap_bytes)
+    nbytes = track.bitmap_bytes
+    used: set[int] = set()
+
+    def bitmap_memory(field: _Field) -> int:
+        phys = field.integer()
+        if phys % nbytes:
+            raise field.bad(f"is not aligned to the bitmap size {nbytes}")
+        _allocated(field, pages, phys - phys % PAGE_SIZE)
+        if phys in used:
+            raise field.bad("is used twice")
+        used.add(phys)
+        return phys
+
+    for entry in st["orders"].items():
+        order_field, bitmaps = entry.items(2)
+        order = order_field.integer(0, MAX_ORDER)
+        if order in track.orders:
+            raise order_field.bad("repeats an order")
+        max_index = ((1 << MAX_ORDER) - 1 >> order) // track.bits_per_bitmap
+        per_order: dict[int, _Bitmap] = {}
+        for item in bitmaps.items():
+            index_field, phys_field = item.items(2)
+            index = index_field.integer(0, max_index)
+            if index in per_order:
+                raise index_field.bad("repeats a bitmap index")
+            bitmap = _Bitmap(bitmap_memory(phys_field), nbytes)
+            bitmap.bits[:] = k.mem.read(bitmap.phys, nbytes)
+            per_order[index] = bitmap
+        track.orders[order] = per_order
+    slab = st["slab"]
+    track._slab = [bitmap_memory(f) for f in slab.items()]
+    if track._slab and nbytes >= PAGE_SIZE:
+        raise slab.bad("holds slots although bitmaps are whole pages")
+    return track
+
+
+def _restore_kimage(st: _Field, blobs: list[bytes], mem: PhysicalMemory, legacy: bool) -> Kimage:
     segments: dict[str, KexecBuf] = {}
     for field in st["segments"].items():
         name, blob, memsz, align, bmin, bmax, top_down, at = field.items(8)
@@ -554,6 +1147,18 @@ def _restore_kimage(st: _Field, blobs: list[bytes], mem: PhysicalMemory) -> Kima
             start,
         )
     image = Kimage(list(segments.values()), st["cmdline"].cmdline(), st["file_mode"].boolean())
+    if not legacy:
+        # mainline: the root FDT page the boot parameters name (read there at exec time)
+        image.kho_fdt_phys = st["kho_fdt_phys"].integer()
+        if image.kho_fdt_phys:
+            ram_range(st["kho_fdt_phys"], mem, image.kho_fdt_phys, PAGE_SIZE)
+        target = st["release"].optional()
+        if target is not None:
+            name, note = target.items(2)
+            note_field = note.optional()
+            image.release = ImageRelease(
+                _release(name), note_field.text(line=True) if note_field is not None else None
+            )
     refs = st["refs"]
     if not isinstance(refs.value, dict) or set(refs.value) != set(KIMAGE_REFS):
         raise refs.bad(f"does not name exactly {', '.join(KIMAGE_REFS)}")

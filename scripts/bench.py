@@ -19,8 +19,21 @@ Sections (``--only`` picks some):
   active``, ``kho-fs kexec -l IMG -s``, ``kho-fs kexec -e``, read back and compare).
 - ``state``: saving and restoring a 64 GiB machine with 1 GiB written (``--state``),
   against ``cp`` + ``sync`` of the same file.
+- ``tools``: ``kho-fs inspect`` of a handover with 100,000 preserved ranges and ``kho-fs
+  map`` of a 4 TiB machine, next to ``dtc`` and ``cat``/``dd`` of the same bytes
+  (``scripts/bench_tools.py``).
 - ``startup``: ``kho-fs mount`` wall time until it returns and until ``os.path.ismount``,
   next to the floor's time to the same point.
+- ``releases``: the mainline releases (issue 9). In process: the finalize +
+  kexec_file_load + exec cycle of 6.16 – 7.0 on a 64 GiB machine next to the v4 cycle
+  (activate + load + exec); finalize and exec with 1 TiB preserved as 2 MiB folios
+  (2 TiB machine) and 1 GiB as 4 KiB pages (64 GiB machine), for a release of each bitmap
+  size (6.16: 512 bytes, 6.18: 4096), next to the same cycle with nothing preserved (the
+  preservation calls are set-up, timed apart); the bytes of bitmaps + chunk pages for the
+  same set on a 64 GiB and a 4 TiB machine, and for a set 4× smaller. Through real mounts:
+  ``scripts/kho-selftest`` on each release (the script alone is timed), next to the v4
+  seed flow by shell on a v4 mount (both a whole handover by shell commands with two
+  ``kho-fs kexec`` processes).
 
 Every figure is repeated ``--repeats`` times (min/median/max); ratios are of medians taken
 in the same run, and every target is printed next to its figure with PASS or MISS.
@@ -42,9 +55,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from bench_differential import section_differential
+from bench_luo import luo_rows, section_luo
+from bench_tools import section_tools, tool_rows
 
 from kho_fs.daemon import unmount_command
+from kho_fs.model.kho_mainline import KhoMainline
+from kho_fs.model.kho_mem_map import walk_chunks
 from kho_fs.model.machine import Machine
+from kho_fs.model.memblock import MEMBLOCK_RSRV_NOINIT
+from kho_fs.model.releases import RELEASES
+from kho_fs.model.units import PAGE_SIZE
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -484,6 +507,251 @@ def section_state(args: argparse.Namespace, results: dict[str, object]) -> None:
     }
 
 
+# -- releases: mainline KHO (issue 9) ------------------------------------------------------
+MAINLINE = ("6.16", "6.17", "6.18", "6.19", "7.0")
+BITMAP_RELEASES = ("6.16", "6.18")  # one release of each bitmap size: 512 and 4096 bytes
+RELEASE_CMDLINE = "reserve_mem=16M:4096:trace kho=on"
+SELFTEST_CMDLINE = "console=ttyS0 kho=on panic=-1"
+PRESERVE_BASE = 4 * GIB  # preserved sets start here: free RAM on every machine used below
+KEXEC_IMAGE = b"\x90" * 65536
+
+
+def _mainline(m: Machine) -> KhoMainline:
+    kho = m.kernel.kho
+    assert isinstance(kho, KhoMainline), m.kernel.release.name
+    return kho
+
+
+def kho_cycle(m: Machine) -> tuple[float, float]:
+    """Finalize (v4: ``echo 1 > active``) + kexec_file_load + exec; returns the seconds of
+    the finalize and of the exec (the boot of the next kernel, deserialization included)."""
+    k = m.kernel
+    t0 = time.perf_counter()
+    if isinstance(k.kho, KhoMainline):
+        k.kho.finalize_store(1)
+    else:
+        k.kho_v4.active_store(b"1")
+    t1 = time.perf_counter()
+    k.kexec.kexec_file_load(KEXEC_IMAGE, None, k.cmdline)
+    t2 = time.perf_counter()
+    m.kexec_exec()
+    t3 = time.perf_counter()
+    if not m.kernel.handover or m.kernel.panic:
+        raise RuntimeError(f"{k.release.name}: the exec did not hand over: {m.kernel.panic}")
+    return t1 - t0, t3 - t2
+
+
+def release_cycles(names: list[str], batch: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Per release, ms per cycle: median [min–max] over ``repeats`` samples, each the mean of
+    ``batch`` cycles on a 64 GiB machine with one reserve_mem region (1 MiB written).
+    The releases take turns cycle by cycle, so a burst of load hits them all alike."""
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    with contextlib.ExitStack() as stack:
+        machines = {
+            n: stack.enter_context(Machine.create(64 * GIB, 1, RELEASE_CMDLINE, release=n))
+            for n in names
+        }
+        regions = {}
+        for n, m in machines.items():
+            region = m.region("trace")
+            assert region is not None
+            m.mem.write(region.start, os.urandom(MIB))
+            kho_cycle(m)  # warm-up, and the first exec turns the cold boot into a handover
+            regions[n] = region
+        for _ in range(repeats):
+            spent = dict.fromkeys(machines, 0.0)
+            for _ in range(batch):
+                for n, m in machines.items():
+                    t = time.perf_counter()
+                    kho_cycle(m)
+                    spent[n] += time.perf_counter() - t
+            for n, m in machines.items():
+                samples[n].append(spent[n] / batch)
+                if m.region("trace") != regions[n]:
+                    raise RuntimeError(f"{n}: reserve_mem region not revived in place")
+    return {n: repeat_ms(stats(v)) for n, v in samples.items()}
+
+
+def _check_free(m: Machine, base: int, size: int) -> None:
+    """The preserved set must be ordinary free RAM: no scratch, nothing reserved."""
+    k = m.kernel
+    busy = [(a.addr, a.size) for a in k.kho.scratch]
+    busy += [(r.base, r.size) for r in k.memblock.reserved]
+    for start, length in busy:
+        if start < base + size and base < start + length:
+            raise RuntimeError(f"[{base:#x}, +{size:#x}) overlaps [{start:#x}, +{length:#x})")
+
+
+def preserve_folios(m: Machine, base: int, size: int, order: int) -> float:
+    """``kho_preserve_folio`` for every folio of ``order`` in ``[base, base + size)``."""
+    kho = _mainline(m)
+    step = PAGE_SIZE << order
+    t = time.perf_counter()
+    for phys in range(base, base + size, step):
+        kho.kho_preserve_folio(phys, order)
+    return time.perf_counter() - t
+
+
+def _reserved_noinit(m: Machine, base: int, size: int) -> bool:
+    """Whether the running kernel reserved ``[base, base + size)`` as preserved memory."""
+    covered = base
+    for r in m.kernel.memblock.reserved:
+        if r.base <= covered < r.end and r.flags & MEMBLOCK_RSRV_NOINIT:
+            covered = r.end
+    return covered >= base + size
+
+
+def map_finalize(
+    release: str, memory: int, size: int, order: int, repeats: int
+) -> dict[str, object]:
+    """Finalize and exec with ``size`` bytes preserved as folios of ``order``, next to the
+    same cycle with nothing preserved (same machine, same release, same repeat)."""
+    samples: dict[str, list[float]] = {
+        k: [] for k in ("setup", "finalize", "exec", "empty_finalize", "empty_exec")
+    }
+    with Machine.create(memory, 1, "console=ttyS0 kho=on", release=release) as m:
+        _check_free(m, PRESERVE_BASE, size)
+        for _ in range(repeats):
+            fin, exe = kho_cycle(m)  # baseline: the map holds nothing but KHO's own pages
+            samples["empty_finalize"].append(fin)
+            samples["empty_exec"].append(exe)
+            samples["setup"].append(preserve_folios(m, PRESERVE_BASE, size, order))
+            fin, exe = kho_cycle(m)
+            samples["finalize"].append(fin)
+            samples["exec"].append(exe)
+            if not _reserved_noinit(m, PRESERVE_BASE, size):
+                raise RuntimeError(f"{release}: the next kernel did not reserve the set")
+    out: dict[str, object] = {
+        "bitmap_bytes": RELEASES[release].bitmap_bytes,
+        "setup_s": stats(samples.pop("setup")),
+    }
+    out.update({k: repeat_ms(stats(v)) for k, v in samples.items()})
+    return out
+
+
+def map_bytes(release: str, memory: int, size: int) -> dict[str, int]:
+    """RAM the preserved-memory map takes (bitmaps + chunk pages, as the page allocator
+    counts it) for ``size`` bytes preserved as 4 KiB pages, after finalize."""
+    with Machine.create(memory, 1, "console=ttyS0 kho=on", drivers=[], release=release) as m:
+        _check_free(m, PRESERVE_BASE, size)
+        kho = _mainline(m)
+        free = m.kernel.pages.free_bytes()
+        preserve_folios(m, PRESERVE_BASE, size, 0)
+        kho.finalize_store(1)
+        used = free - m.kernel.pages.free_bytes()
+        return {
+            "bytes": used,
+            "bitmaps": sum(len(v) for v in kho.track.orders.values()),
+            "chunks": sum(1 for _ in walk_chunks(m.mem.read, kho.preserved_mem_map)),
+        }
+
+
+def _size_label(size: int) -> str:
+    if size >= TIB:
+        return f"{size // TIB} TiB"
+    if size >= GIB:
+        return f"{size // GIB} GiB"
+    return f"{size // MIB} MiB" if size >= MIB else f"{size >> 10} KiB"
+
+
+def selftest_flows(names: list[str], repeats: int) -> dict[str, object]:
+    """``scripts/kho-selftest`` through a fresh mount of each release (the script alone is
+    timed), next to the v4 seed flow by shell on a fresh v4 mount: both are a whole KHO
+    handover driven by shell commands with two ``kho-fs kexec`` processes."""
+    from kho_fs.testing import mounted
+
+    kho = kho_fs_command()
+    samples: dict[str, list[float]] = {n: [] for n in [*names, "v4_seed_flow"]}
+    with scratch_dir() as work:
+        bindir = work / "bin"
+        bindir.mkdir()
+        wrapper = bindir / "kho-fs"
+        wrapper.write_text("#!/bin/sh\nexec " + " ".join(f'"{a}"' for a in kho) + ' "$@"\n')
+        wrapper.chmod(0o755)
+        payload, image = work / "payload", work / "Image"
+        payload.write_bytes(os.urandom(MIB))
+        image.write_bytes(KEXEC_IMAGE)
+        path = f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+        for _ in range(repeats):
+            for name in names:
+                extra = ("--release", name, "--driver", "test_kho")
+                with mounted(work, memory="1G", cmdline=SELFTEST_CMDLINE, extra_args=extra) as mp:
+                    t = time.perf_counter()
+                    r = subprocess.run(
+                        ["bash", str(HERE / "kho-selftest"), str(mp.mountpoint)],
+                        env=dict(os.environ, PATH=path), capture_output=True, text=True,
+                    )  # fmt: skip
+                    samples[name].append(time.perf_counter() - t)
+                    if r.returncode != 0 or not r.stdout.rstrip().endswith("PASS"):
+                        raise RuntimeError(f"kho-selftest on {name} failed:\n{r.stdout}{r.stderr}")
+            v4_cmdline = f"{SELFTEST_CMDLINE} reserve_mem=16M:4096:trace"
+            with mounted(work, memory="1G", cmdline=v4_cmdline) as mp:
+                env = dict(
+                    os.environ, M=str(mp.mountpoint), KHO_FS_ROOT=str(mp.mountpoint),
+                    PAYLOAD=str(payload), IMG=str(image), KHO=str(wrapper),
+                )  # fmt: skip
+                t = time.perf_counter()
+                subprocess.run(["bash", "-c", SEED_SCRIPT], env=env, check=True,
+                               capture_output=True)  # fmt: skip
+                samples["v4_seed_flow"].append(time.perf_counter() - t)
+    return {"unit": "s", **{n: stats(v) for n, v in samples.items()}}
+
+
+def section_releases(args: argparse.Namespace, results: dict[str, object]) -> None:
+    """Issue 9: the mainline releases in process (cycle, finalize with big preserved sets,
+    the map's size) and the kernel's selftest through real mounts."""
+    smoke = args.smoke
+    out: dict[str, object] = {}
+    batch = 2 if smoke else 20
+    out["cycle"] = {
+        "machine": "64 GiB",
+        "batch": batch,
+        "unit": "ms",
+        **release_cycles(["v4", *MAINLINE], batch, args.repeats),
+    }
+    big_set, small_set = (GIB, 16 * MIB) if smoke else (TIB, GIB)
+    for key, memory, size, order in (
+        ("finalize_2m", 2 * TIB, big_set, 9),
+        ("finalize_4k", 64 * GIB, small_set, 0),
+    ):
+        out[key] = {
+            "machine": _size_label(memory),
+            "preserved": _size_label(size),
+            "order": order,
+            "folios": size // (PAGE_SIZE << order),
+            **{r: map_finalize(r, memory, size, order, args.repeats) for r in BITMAP_RELEASES},
+        }
+    one, other = (256 * MIB, 16 * MIB) if smoke else (GIB, 256 * MIB)
+    out["map_size"] = {
+        "sets": [_size_label(one), _size_label(other)],
+        **{
+            r: {
+                "64 GiB": map_bytes(r, 64 * GIB, one),
+                "4 TiB": map_bytes(r, 4 * TIB, one),
+                "small_set_64 GiB": map_bytes(r, 64 * GIB, other),
+            }
+            for r in BITMAP_RELEASES
+        },
+    }
+    out["selftest"] = selftest_flows(["6.16", "7.0"] if smoke else list(MAINLINE), args.repeats)
+    out["matrix"] = matrix_timing(["v4", "6.19"] if smoke else None, args.repeats)
+    results["releases"] = out
+
+
+def matrix_timing(names: list[str] | None, repeats: int) -> dict[str, object]:
+    """Issue 10: the whole ``kho-fs matrix`` in-process (every ordered pair)."""
+    from kho_fs.matrix import MATRIX_RELEASES, run_matrix
+
+    releases = names or list(MATRIX_RELEASES)
+
+    def once() -> float:
+        t = time.perf_counter()
+        run_matrix(releases, releases)
+        return time.perf_counter() - t
+
+    return {"pairs": len(releases) ** 2, "size": len(releases), **repeat(once, repeats)}
+
+
 # -- the table -----------------------------------------------------------------------------
 @dataclass
 class Row:
@@ -550,6 +818,9 @@ def rows_of(results: dict[str, object]) -> list[Row]:
         for key in ("save", "restore"):
             rows.append(Row(f"state {key} ({what}, {state['file_mib']} MiB file)", state[key],
                             "s", "cp + sync", copy, ratio(state[key], copy)))  # fmt: skip
+    releases = results.get("releases")
+    if isinstance(releases, dict):
+        rows += release_rows(releases)
     startup = results.get("startup")
     if isinstance(startup, dict):
         floor = startup["floor_ismount"]
@@ -558,6 +829,67 @@ def rows_of(results: dict[str, object]) -> list[Row]:
             s = startup[key]
             rows.append(Row(label, s, "s", "floor → ismount", floor, ratio(s, floor),
                             "≤ 0.3 s", s["median"] <= 0.3))  # fmt: skip
+    rows += [Row(**r) for r in tool_rows(results)]
+    rows += [Row(**r) for r in luo_rows(results)]
+    return rows
+
+
+def _fixed(value: float) -> dict[str, float]:
+    """A figure measured once (a byte count): min = median = max."""
+    return {"min": value, "median": value, "max": value}
+
+
+def release_rows(rel: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    cycle = rel["cycle"]
+    v4 = cycle["v4"]
+    for name in MAINLINE:
+        s = cycle[name]
+        r = ratio(s, v4)
+        rows.append(Row(f"{name} cycle: finalize + load + exec ({cycle['machine']})", s, "ms",
+                        "v4 cycle", v4, r, "≤ 10 ms, ≤ 2× v4",
+                        s["median"] <= 10 and r <= 2))  # fmt: skip
+    for key, limit in (("finalize_2m", 100), ("finalize_4k", 300)):
+        f = rel[key]
+        what = f"{f['preserved']} as {_size_label(PAGE_SIZE << f['order'])} folios"
+        for name in BITMAP_RELEASES:
+            g = f[name]
+            fin, exe = g["finalize"], g["exec"]
+            rows.append(Row(f"{name} finalize, {what} ({f['machine']}, {g['bitmap_bytes']} B "
+                            "bitmaps)", fin, "ms", "nothing preserved", g["empty_finalize"],
+                            ratio(fin, g["empty_finalize"]), f"≤ {limit} ms",
+                            fin["median"] <= limit))  # fmt: skip
+            rows.append(Row("  exec: boot + deserialize", exe, "ms", "nothing preserved",
+                            g["empty_exec"], ratio(exe, g["empty_exec"])))  # fmt: skip
+            rows.append(Row(f"  setup: {f['folios']} kho_preserve_folio (not timed above)",
+                            g["setup_s"], "s"))  # fmt: skip
+    sizes = rel["map_size"]
+    one, other = sizes["sets"]
+    for name in BITMAP_RELEASES:
+        g = sizes[name]
+        kib = {k: _fixed(v["bytes"] / 1024) for k, v in g.items()}
+        r = ratio(kib["4 TiB"], kib["64 GiB"])
+        rows.append(Row(f"{name} map bytes, {one} as 4 KiB pages, 4 TiB machine", kib["4 TiB"],
+                        "KiB", "64 GiB machine", kib["64 GiB"], r, "≈ 1× (0.95–1.05)",
+                        0.95 <= r <= 1.05))  # fmt: skip
+        r = ratio(kib["64 GiB"], kib["small_set_64 GiB"])
+        rows.append(Row(f"{name} map bytes, {one} set vs {other} set (64 GiB)", kib["64 GiB"],
+                        "KiB", f"{other} set", kib["small_set_64 GiB"], r,
+                        "grows with the set (> 1×)", r > 1))  # fmt: skip
+    matrix = rel.get("matrix")
+    if matrix is not None:
+        v4_s = {k: v / 1000 for k, v in v4.items()}
+        n = matrix["size"]
+        rows.append(Row(f"kho-fs matrix, {n} × {n} releases in process", matrix, "s",
+                        "one v4 cycle", v4_s, ratio(matrix, v4_s), "≤ 5 s",
+                        matrix["median"] <= 5))  # fmt: skip
+    selftest = rel["selftest"]
+    base = selftest["v4_seed_flow"]
+    for name in MAINLINE:
+        if name in selftest:
+            s = selftest[name]
+            rows.append(Row(f"kho-selftest via a mount, {name}", s, "s", "v4 seed flow", base,
+                            ratio(s, base), "≤ 1 s", s["median"] <= 1))  # fmt: skip
     return rows
 
 
@@ -608,6 +940,10 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, dict[str, object]], None]] = {
     "seed": section_seed,
     "startup": section_startup,
     "state": section_state,
+    "releases": section_releases,
+    "tools": section_tools,  # scripts/bench_tools.py: kho-fs inspect and map
+    "luo": section_luo,  # scripts/bench_luo.py: /dev/liveupdate (memfd handover, ioctls)
+    "differential": section_differential,  # scripts/bench_differential.py: 7.2 vs QEMU
 }
 
 

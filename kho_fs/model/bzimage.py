@@ -64,7 +64,10 @@ class ImageRelease(NamedTuple):
 
 def release_for_version(version: str) -> ImageRelease | None:
     """§15.1: ``-kho-v4`` names the v4 series; else major.minor picks the release; below
-    6.16 boots 6.12, above 7.0 boots 7.0 (with a note). None: no version number."""
+    6.16 boots 6.12, above the newest modelled release (7.2) boots that one (with a note),
+    and a version between two modelled ones (7.1) boots the next newer one, with a note
+    (Decision: 7.1's KHO is the stateless or blob era, closer to 7.2 than to 7.0).
+    None: no version number."""
     word = version.split(" ", 1)[0]
     if V4_SUFFIX in word:
         return ImageRelease(RELEASES["v4"])
@@ -91,7 +94,10 @@ def release_for_version(version: str) -> ImageRelease | None:
         )
     if key < (6, 16):
         return ImageRelease(RELEASES["6.12"])
-    return None  # a release between modelled ones (none today)
+    newer = next(r for numbers, r in mainline if numbers > key)
+    return ImageRelease(
+        newer, f"kho-fs: kernel {word} is not modelled; booting {newer.name}"
+    )
 
 
 def image_release(image: bytes) -> ImageRelease | None:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, NamedTuple
 
 from kho_fs.model.cmdline import parameq, parse_args
 from kho_fs.model.dmesg import KERN_EMERG, KERN_INFO, KERN_NOTICE, KERN_WARNING, KernelLog
+from kho_fs.model.drivers import DriverRegion, KhoDriver
+from kho_fs.model.errors import report_crash
 from kho_fs.model.kexec import (
     BP_CMD_LINE_PTR,
     BP_EXT_CMD_LINE_PTR,
@@ -21,16 +25,25 @@ from kho_fs.model.kexec import (
     Kexec,
 )
 from kho_fs.model.kho import Kho
+from kho_fs.model.kho_blob import KhoBlobEra
 from kho_fs.model.kho_mainline import KhoMainline
 from kho_fs.model.kho_none import KhoNone
+from kho_fs.model.luo import Luo
 from kho_fs.model.memblock import Memblock
 from kho_fs.model.page_alloc import PageAllocator
-from kho_fs.model.releases import DEFAULT_RELEASE, KHO_MAINLINE, KHO_NONE, KHO_V4, RELEASES, Release
+from kho_fs.model.releases import (
+    DEFAULT_RELEASE,
+    KHO_BLOB,
+    KHO_MAINLINE,
+    KHO_NONE,
+    KHO_V4,
+    RELEASES,
+    Release,
+)
 from kho_fs.model.reserve_mem import ReserveMem
 from kho_fs.model.units import PAGE_SIZE, SZ_1M
 
 if TYPE_CHECKING:
-    from kho_fs.model.drivers import KhoDriver
     from kho_fs.model.physmem import PhysicalMemory
 
 UTS_RELEASE = RELEASES[DEFAULT_RELEASE].uts_release
@@ -38,6 +51,7 @@ KHO_STRATEGIES: dict[str, Callable[[Kernel], Kho | KhoMainline | KhoNone]] = {
     KHO_NONE: KhoNone,
     KHO_V4: Kho,
     KHO_MAINLINE: KhoMainline,
+    KHO_BLOB: KhoBlobEra,
 }
 #: Parameters every modelled kernel knows besides its KHO ones (a subset of x86-64's).
 KNOWN_PARAMS = frozenset(
@@ -90,13 +104,88 @@ class Kernel:
         self.kho = KHO_STRATEGIES[release.kho](self)
         self.reserve_mem = ReserveMem(self)
         self.kexec = Kexec(self)
+        self.luo = Luo(self) if release.liveupdate else None  # /dev/liveupdate (docs/luo.md)
         self._pages: PageAllocator | None = None
-        self.drivers: list[KhoDriver] = [
-            d for d in (make(self) for make in drivers) if d.supports(self)
-        ]
+        self._driver_failures: list[tuple[SimpleNamespace, str, Exception]] = []  # shown at boot
+        self._broken_drivers: set[int] = set()  # id() of drivers whose hooks raised
+        self._bad_regions: set[tuple[int, str]] = set()  # reported once per boot
+        self.drivers: list[KhoDriver] = self._build_drivers(drivers)
         self.cmdline = boot.cmdline
         self.panic: str | None = None
         self._on_change = on_change
+
+    # -- drivers (plug-in code: whatever it raises is a failing driver, never a crash) --
+    def _build_drivers(self, factories: Sequence[Callable[[Kernel], KhoDriver]]) -> list[KhoDriver]:
+        """Instantiate the drivers that support this kernel. A factory that raises, returns
+        no :class:`KhoDriver` or repeats a name is left out; dmesg says why at boot."""
+        built: list[KhoDriver] = []
+        for make in factories:
+            label = getattr(make, "name", None)
+            if not isinstance(label, str):
+                label = getattr(make, "__qualname__", None) or repr(make)
+            try:
+                driver = make(self)
+                if not isinstance(driver, KhoDriver):
+                    raise TypeError(f"the factory returned {type(driver).__name__}, no KhoDriver")
+                if not isinstance(driver.name, str) or not driver.name:
+                    raise TypeError(f"its name is {driver.name!r}, not a non-empty string")
+                if any(d.name == driver.name for d in built):
+                    raise ValueError(f"a driver named {driver.name!r} is already built in")
+                if driver.supports(self):
+                    built.append(driver)
+            except Exception as exc:
+                self._driver_failures.append((SimpleNamespace(name=label), "probe", exc))
+        return built
+
+    def _driver_hook(self, driver: KhoDriver, hook: str, call: Callable[[], object]) -> None:
+        """Run ``early_init``/``init`` of a driver; if it raises, dmesg says so and the
+        driver gets no further hooks in this boot (its notifier, if any, is dropped)."""
+        if id(driver) in self._broken_drivers:
+            return
+        try:
+            call()
+        except Exception as exc:
+            self._broken_drivers.add(id(driver))
+            report_crash(self, driver, f"{hook}()", exc)
+            chain = getattr(self.kho, "notifiers", None)
+            if chain is not None and driver in chain.chain:
+                chain.unregister(driver)
+
+    def driver_regions(self, driver: KhoDriver) -> list[DriverRegion]:
+        """``driver.regions()`` that are windows on RAM; a ``regions()`` that raises or a
+        region that is not a (name, start, size) range of RAM is left out, with one dmesg
+        line per driver and boot."""
+        try:
+            regions = list(driver.regions())
+        except Exception as exc:
+            if id(driver) not in self._broken_drivers:
+                self._broken_drivers.add(id(driver))
+                report_crash(self, driver, "regions()", exc)
+            return []
+        good = []
+        for r in regions:
+            try:
+                name, start, size = r
+                ok = (
+                    isinstance(name, str)
+                    and type(start) is int
+                    and type(size) is int
+                    and size > 0
+                    and start >= 0
+                    and self.mem.is_ram(start, size)
+                )
+            except (TypeError, ValueError):
+                ok = False
+            if ok:
+                good.append(DriverRegion(name, start, size))
+            elif (id(driver), repr(r)) not in self._bad_regions:
+                self._bad_regions.add((id(driver), repr(r)))
+                self.printk(
+                    f"kho-fs: driver {driver.name!r}: region {r!r} is no range of RAM; "
+                    "no file for it",
+                    KERN_WARNING,
+                )
+        return good
 
     # -- helpers ---------------------------------------------------------------------
     def printk(self, text: str, level: int = KERN_INFO) -> None:
@@ -177,6 +266,8 @@ class Kernel:
             self.kho.kho_populate(*kho_args)
         # parse_early_param: a handler returning False makes do_early_param complain
         early = self.kho.early_params()
+        if self.luo is not None:
+            early = {**early, **self.luo.early_params()}
         if self.release.reports_unknown_params:
             self._report_unknown_params(args, early)
         for param, value in args:
@@ -201,21 +292,27 @@ class Kernel:
         for param, value in args:
             if parameq(param, "reserve_mem"):
                 self.reserve_mem.reserve_mem(value)
+        for who, hook, exc in self._driver_failures:
+            report_crash(self, who, hook, exc)
         for driver in self.drivers:
-            driver.early_init(args)
+            self._driver_hook(driver, "early_init", partial(driver.early_init, args))
         # mm_core_init: KHO memory init, then memblock hands memory to the page allocator
         self.kho.kho_memory_init()
         mb.kho_scratch_only = False
         mb.memmap_init_reserved_pages()
         self._pages = PageAllocator(self.mem, mb)
-        # initcalls, by level: core, fs, device (drivers), late (link order: kernel/, mm/)
+        # initcalls, by level: early, core, fs, device (drivers), late (link order: kernel/, mm/)
+        if self.luo is not None:
+            self.luo.liveupdate_early_init()
         self.kho.core_initcalls()
         if self.kho.init_level == "fs":
             self.kho.kho_init()
         for driver in self.drivers:
-            driver.init()
+            self._driver_hook(driver, "init", driver.init)
         if self.kho.init_level == "late":
             self.kho.kho_init()
+        if self.luo is not None:
+            self.luo.late_init()
         self.reserve_mem.reserve_mem_init()
 
     def _report_unknown_params(
@@ -233,6 +330,12 @@ class Kernel:
                 f'"{" ".join(plain + env)}", will be passed to user space.',
                 KERN_NOTICE,
             )
+
+    def shutdown(self) -> None:
+        """This kernel is gone (kexec or reboot): what it held for user space is dropped
+        and descriptors of this boot are dead."""
+        if self.luo is not None:
+            self.luo.shutdown()
 
     def release_params(self) -> list[str]:
         """Boot parameters of optional subsystems this release has."""

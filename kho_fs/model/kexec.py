@@ -213,7 +213,10 @@ class Kexec:
         kbuf.buf_align = max(kbuf.buf_align, PAGE_SIZE)
         if scratch is not None:  # kho_locate_mem_hole
             for area in scratch:
-                if area.size and locate_mem_hole_callback(area.addr, area.end - 1, kbuf, placed):
+                # an inherited table patched through /dev/mem may name memory the bus
+                # does not have: such an area is never used (emulator decision)
+                usable = area.size and self.mem.is_ram(area.addr, area.size)
+                if usable and locate_mem_hole_callback(area.addr, area.end - 1, kbuf, placed):
                     break
             else:
                 raise KernelError(errno.EADDRNOTAVAIL, f"no scratch area fits segment {kbuf.name}")
@@ -397,10 +400,17 @@ class Kexec:
         return "1\n" if self.kexec_image is not None else "0\n"
 
     def kernel_kexec(self) -> Kimage:
-        """``reboot(LINUX_REBOOT_CMD_KEXEC)``: hand the loaded image to the machine."""
+        """``reboot(LINUX_REBOOT_CMD_KEXEC)``: hand the loaded image to the machine.
+
+        With LUO (6.19+) ``liveupdate_reboot`` runs first: it freezes the sessions and
+        finalizes KHO, and its failure fails the call (EAGAIN for ``kho_finalize``).
+        """
         self._running()
         if self.kexec_image is None:
             raise KernelError(errno.EINVAL, "no kexec image loaded")
+        luo = getattr(self.kernel, "luo", None)
+        if luo is not None:
+            luo.liveupdate_reboot()
         return self.kexec_image
 
     def machine_kexec(self, image: Kimage) -> None:

@@ -21,7 +21,7 @@ from kho_fs.model.cmdline import (
     kstrtoull,
 )
 from kho_fs.model.dmesg import KERN_ERR, KERN_INFO, KERN_NOTICE, KERN_WARNING
-from kho_fs.model.errors import KernelError
+from kho_fs.model.errors import KernelError, report_crash
 from kho_fs.model.fdt import FDT_MAGIC, Fdt, FdtSw, fdt_check_header, fdt_header_totalsize
 from kho_fs.model.memblock import MEMBLOCK_ALLOC_ACCESSIBLE, NUMA_NO_NODE
 from kho_fs.model.notifier import NOTIFY_BAD, BlockingNotifierHead, NotifierBlock, notifier_to_errno
@@ -238,7 +238,8 @@ class Kho:
         self.notifiers.unregister(nb)
 
     def _participant_crashed(self, nb: NotifierBlock, exc: BaseException) -> int:
-        log.error("KHO participant %r raised", nb, exc_info=exc)
+        """A participant that raises fails its notifier call (NOTIFY_BAD, -EPERM)."""
+        report_crash(self.kernel, nb, "notifier_call()", exc)
         return NOTIFY_BAD
 
     def kho_serialize(self) -> int:

@@ -14,6 +14,7 @@ bytes, so a handover between two releases behaves as on hardware.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import struct
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kho_fs.model.cmdline import kstrtobool, kstrtoull, memparse
 from kho_fs.model.dmesg import KERN_ERR, KERN_INFO, KERN_NOTICE, KERN_WARNING
-from kho_fs.model.errors import KernelError
+from kho_fs.model.errors import KernelError, report_crash
 from kho_fs.model.fdt import FDT_MAGIC, Fdt, FdtSw, fdt_check_header, fdt_header_totalsize
 from kho_fs.model.kho import KhoMem, kho_mem_pack, kho_mem_unpack
 from kho_fs.model.kho_mem_map import KhoMemTrack, deserialize_runs
@@ -448,7 +449,8 @@ class KhoMainline:
 
     # -- finalize / abort -----------------------------------------------------------------
     def _participant_crashed(self, nb: NotifierBlock, exc: BaseException) -> int:
-        log.error("KHO participant %r raised", nb, exc_info=exc)
+        """A participant that raises fails its notifier call (NOTIFY_BAD, -EPERM)."""
+        report_crash(self.kernel, nb, "notifier_call()", exc)
         return NOTIFY_BAD
 
     def kho_finalize(self) -> int:
@@ -506,8 +508,9 @@ class KhoMainline:
         page = bytearray(self.kernel.mem.read(self.fdt_page, PAGE_SIZE))
         at = _prop_offset(bytes(page), PROP_PRESERVED_MEMORY_MAP)
         old = struct.unpack_from("<Q", page, at)[0]
-        if old:
-            self.track.free_chunks(old)
+        if old:  # an address patched through out/fdt may not be a chunk list
+            with contextlib.suppress(KernelError):
+                self.track.free_chunks(old)
         self.kernel.mem.write(self.fdt_page + at, struct.pack("<Q", first))
 
     def kho_abort(self) -> int:
@@ -530,7 +533,8 @@ class KhoMainline:
     def finalize_store(self, value: int) -> None:
         """The parsed value of a ``finalize`` write (spec §2.3)."""
         rel = self.release
-        if rel.finalize_checks_enabled and not self.kho_enable:
+        if not self.kho_enable or not self.fdt_page:
+            # 6.18+ answer so; in 6.16/6.17 the file exists only with KHO enabled
             raise KernelError(errno.EOPNOTSUPP)
         if rel.finalize_repeatable:
             if not value:
@@ -720,7 +724,11 @@ class KhoMainline:
             return None
         if self.release.kimage_needs_finalize and not self.finalized:
             return None
-        return self.fdt_page, kho_mem_pack(self.scratch)
+        # the segment is a copy of the kho_scratch array as RAM holds it at load time
+        # (kimage_load_segment), so a table patched through /dev/mem is what is handed over
+        size = KHO_SCRATCH_SIZE * len(self.scratch)
+        table = self.kernel.mem.read(self.scratch_table, size) if self.scratch_table else b""
+        return self.fdt_page, table or kho_mem_pack(self.scratch)
 
     def kho_scratch_ranges(self) -> list[KhoMem] | None:
         """While KHO is enabled every segment goes into scratch (``kho_locate_mem_hole``)."""
@@ -748,7 +756,10 @@ class KhoMainline:
 
 def _prop_offset(blob: bytes, name: str) -> int:
     """File offset of the value of root property ``name`` in an FDT."""
-    fdt = Fdt(blob)
+    try:
+        fdt = Fdt(blob)
+    except ValueError as exc:  # a root patched through out/fdt (a real kernel would oops)
+        raise KernelError(errno.EINVAL, f"the root FDT is not valid: {exc}") from None
     off = fdt.prop_value_offset(0, name)
     if off is None:
         raise KernelError(errno.EINVAL, f"no {name} in the root FDT")

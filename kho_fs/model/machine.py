@@ -102,6 +102,7 @@ class Machine:
         )
         self.generation += 1
         release = image.release.release if image.release else self.kernel.release
+        self.kernel.shutdown()
         self.kernel = self._start(boot, release)
         return self.kernel
 
@@ -112,6 +113,7 @@ class Machine:
             if "\0" in cmdline or len(cmdline) >= 2048:
                 raise KernelError(22, "bad command line")
             self.cold_cmdline = cmdline
+        self.kernel.shutdown()
         self.mem.clear()
         self.generation = 0
         self.kernel = self._cold_boot()
@@ -143,6 +145,8 @@ class Machine:
             lines.append(f"node {nid}:      {self.mem.node_size(nid) >> 20} MiB RAM")
         kho = k.kho
         lines += kho.status_lines()
+        if k.luo is not None:
+            lines += k.luo.status_lines()
         lines.append(f"handover:    {_handover_status(k)}")
         first = kho.scratch_names
         for i, area in enumerate(kho.scratch):

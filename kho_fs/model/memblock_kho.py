@@ -75,13 +75,16 @@ class MemblockKho:
         kho.kernel.mem.write(page, blob)
         self.fdt_page = page
         if kho.release.memblock_preserve == "init":
-            try:
-                kho.kho_preserve_folio(page, 0)
-                kho.kho_add_subtree(MEMBLOCK_KHO_FDT, page)
-                for r in table:
-                    self._preserve_region(r.start, r.size)
-            except KernelError as exc:
-                self._report(-exc.errno)
+            # 6.19 prepare_kho_fdt: every step runs, errors are OR-ed (``err |=``), and
+            # the subtree is added only when all of them succeeded
+            err = 0
+            for r in table:
+                err |= self._errno(lambda r=r: self._preserve_region(r.start, r.size))
+            err |= self._errno(lambda: kho.kho_preserve_folio(page, 0))
+            if not err:
+                err = self._errno(lambda: kho.kho_add_subtree(MEMBLOCK_KHO_FDT, page))
+            if err:
+                self._report(err)
             return
         kho.register_kho_notifier(self)
 
@@ -100,13 +103,13 @@ class MemblockKho:
             return NOTIFY_DONE
         if event != KEXEC_KHO_FINALIZE or not isinstance(data, KhoSerialization):
             return NOTIFY_BAD
+        # 6.16/6.18 reserve_mem_kho_finalize: every call runs and the errors are OR-ed
+        # (``err |= ...``), so an unaligned region still leaves the subtree added
         err = 0
         for r in self.reserve_mem.table:
-            err = err or self._errno(lambda r=r: self._preserve_region(r.start, r.size))
-        err = err or self._errno(lambda: self.kho.kho_preserve_folio(self.fdt_page, 0))
-        err = err or self._errno(
-            lambda: self.kho.kho_add_subtree(MEMBLOCK_KHO_FDT, self.fdt_page, data)
-        )
+            err |= self._errno(lambda r=r: self._preserve_region(r.start, r.size))
+        err |= self._errno(lambda: self.kho.kho_preserve_folio(self.fdt_page, 0))
+        err |= self._errno(lambda: self.kho.kho_add_subtree(MEMBLOCK_KHO_FDT, self.fdt_page, data))
         return notifier_from_errno(err) if err else NOTIFY_DONE
 
     @staticmethod

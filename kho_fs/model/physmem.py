@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import mmap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from kho_fs.model.errors import KernelError
@@ -26,6 +26,7 @@ MIN_MEMORY = 256 * SZ_1M
 MAX_MEMORY = 64 << 40
 MAX_NODES = 8
 DIRTY_CHUNK_SHIFT = 21  # written-data tracking granule: 2 MiB
+SMALL_ZERO = 16 << 10  # zero() writes ranges this small instead of giving pages back
 
 
 class RamRange(NamedTuple):
@@ -113,7 +114,11 @@ class PhysicalMemory:
     def is_ram(self, addr: int, size: int) -> bool:
         """True when every byte of ``[addr, addr + size)`` is RAM (it may cross a node
         boundary, never a hole)."""
-        return any(start <= addr and addr + size <= end for start, end in self._spans)
+        end = addr + size
+        for start, stop in self._spans:  # noqa: SIM110 - a plain loop: runs for every write
+            if start <= addr and end <= stop:
+                return True
+        return False
 
     # -- contents -------------------------------------------------------------------
     def read(self, addr: int, size: int) -> bytes:
@@ -141,6 +146,35 @@ class PhysicalMemory:
             range(addr >> DIRTY_CHUNK_SHIFT, ((addr + n - 1) >> DIRTY_CHUNK_SHIFT) + 1)
         )
 
+    def fill(self, addr: int, size: int, reader: Callable[[memoryview], int]) -> int:
+        """Let ``reader`` write straight into ``[addr, addr + size)`` of RAM (no copy in
+        between, e.g. ``os.preadv`` from a file) and return the count it reports.
+        EFAULT unless the range is RAM."""
+        if size <= 0:
+            return 0
+        if not self.is_ram(addr, size):
+            raise KernelError(errno.EFAULT, f"[{addr:#x}, {addr + size:#x}) is not RAM")
+        with memoryview(self._store) as whole, whole[addr : addr + size] as view:
+            done = reader(view)
+        self._dirty.update(
+            range(addr >> DIRTY_CHUNK_SHIFT, ((addr + size - 1) >> DIRTY_CHUNK_SHIFT) + 1)
+        )
+        return done
+
+    def export(self, addr: int, size: int, writer: Callable[[memoryview], object]) -> None:
+        """Hand ``writer`` a read-only view of ``[addr, addr + size)`` of RAM (no copy,
+        e.g. for ``os.pwrite`` into a file); the view is valid during the call only."""
+        if size <= 0:
+            return
+        if not self.is_ram(addr, size):
+            raise KernelError(errno.EFAULT, f"[{addr:#x}, {addr + size:#x}) is not RAM")
+        with (
+            memoryview(self._store) as whole,
+            whole[addr : addr + size] as view,
+            view.toreadonly() as readonly,
+        ):
+            writer(readonly)
+
     def zero(self, addr: int, size: int) -> None:
         """Zero ``[addr, addr + size)`` inside RAM; whole pages go back to the host."""
         if size <= 0:
@@ -149,7 +183,7 @@ class PhysicalMemory:
             raise KernelError(errno.EFAULT, f"[{addr:#x}, {addr + size:#x}) is not RAM")
         first = -(-addr // mmap.PAGESIZE) * mmap.PAGESIZE
         last = (addr + size) // mmap.PAGESIZE * mmap.PAGESIZE
-        if last - first < mmap.PAGESIZE:
+        if last - first < mmap.PAGESIZE or size <= SMALL_ZERO:  # a write beats madvise
             self._store[addr : addr + size] = bytes(size)
             return
         self._store[addr:first] = bytes(first - addr)

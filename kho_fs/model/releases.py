@@ -15,6 +15,7 @@ from typing import NamedTuple
 KHO_NONE = "none"  # a kernel without KHO (6.12): kho= and kho_scratch= are unknown
 KHO_V4 = "v4"  # the KHO v4 patch series: sysfs, one FDT written by notifiers
 KHO_MAINLINE = "mainline"  # 6.16 and later: debugfs, preserved-memory map, sub-FDTs
+KHO_BLOB = "blob"  # 7.2: no finalize, radix-tree map, sized sub-blobs, kexec-metadata
 
 
 class Release(NamedTuple):
@@ -31,8 +32,6 @@ class Release(NamedTuple):
     bitmap_bytes: int = 4096
     #: `finalize` re-serializes every time, never EEXIST; 0 is EINVAL (6.19, §2.3)
     finalize_repeatable: bool = False
-    #: `finalize` answers EOPNOTSUPP when KHO is disabled (6.18+)
-    finalize_checks_enabled: bool = False
     #: kexec_file_load attaches KHO data only when finalized (6.16-fix, 6.18; §4.1)
     kimage_needs_finalize: bool = False
     #: root FDT built at init, subtrees added at any time, newest first (6.19, §5.1)
@@ -62,8 +61,28 @@ class Release(NamedTuple):
     test_kho_vmalloc: bool = True
     #: test_kho logs `KHO restore failed` (6.19+, §10)
     test_kho_fail_message: bool = True
-    #: the Live Update Orchestrator is built in (6.19+, §12)
+    #: the Live Update Orchestrator is built in (6.19+, §12; docs/luo.md)
     liveupdate: bool = False
+    #: compatible of the `LUO` FDT's `luo-session` node (include/linux/kho/abi/luo.h)
+    luo_session_compatible: str = "luo-session-v2"
+    #: the `LUO` FDT carries the File-Lifecycle-Bound node `luo-flb` and the incoming
+    #: side requires it (luo_flb.c, 7.0)
+    luo_flb: bool = False
+    # -- blob era and Linux 7.1+ traits (spec §0, §8, §9; Linux 7.2 source) -----------
+    #: debugfs `out/finalize` exists (6.16 – 7.0); the blob era has none (§2.1)
+    has_finalize: bool = True
+    #: reserve_mem= logs its failures (`reserve_mem: empty or malformed parameter`, …; 7.1+)
+    reserve_mem_messages: bool = False
+    #: debugfs `memblock/reserve_mem_param` lists the regions (7.1+, §9)
+    reserve_mem_param: bool = False
+    #: debugfs `memblock/memory` and `memblock/reserved` exist (ARCH_KEEP_MEMBLOCK). x86
+    #: selects it only with TDX host support; kho-fs keeps them for 6.16 – 7.0 (its
+    #: reservation view) and follows the real x86 kernel for 7.2 (§16)
+    memblock_debugfs_arrays: bool = True
+    #: LUO's KHO entry: compatible of its `LUO` subtree, and whether that is a raw blob
+    #: (`struct luo_ser`, 7.2: `luo-v5`) rather than an FDT (6.19: `luo-v1`) (§12, §16)
+    luo_compatible: str = "luo-v1"
+    luo_raw_blob: bool = False
 
     @property
     def linux_version(self) -> str:
@@ -88,7 +107,6 @@ _ERA_6_18 = {
     "page_magic": True,
     "debugfs_messages": "6.18",
     "memblock_preserve": "pages",
-    "finalize_checks_enabled": True,
     "kimage_needs_finalize": True,
     "scratch_strict_parse": True,
     "test_kho_fail_message": False,
@@ -96,7 +114,6 @@ _ERA_6_18 = {
 _ERA_6_19 = {
     "page_magic": True,
     "finalize_repeatable": True,
-    "finalize_checks_enabled": True,
     "subtrees_at_init": True,
     "preserve_busy_when_finalized": False,
     "scratch_strict_parse": True,
@@ -104,6 +121,21 @@ _ERA_6_19 = {
     "require_mem_map": True,
     "liveupdate": True,
 }
+
+_ERA_BLOB = {
+    **_ERA_6_19,
+    "finalize_repeatable": False,
+    "has_finalize": False,
+    "debugfs_messages": "blob",
+    "memblock_preserve": "blob",
+    "reserve_mem_messages": True,
+    "reserve_mem_param": True,
+    "memblock_debugfs_arrays": False,
+    "luo_compatible": "luo-v5",
+    "luo_raw_blob": True,
+}
+#: 7.0: era 6.19 plus LUO's File-Lifecycle-Bound node (luo_flb.c, docs/luo.md)
+_ERA_7_0 = {**_ERA_6_19, "luo_flb": True}
 
 RELEASES: dict[str, Release] = {
     r.name: r
@@ -114,7 +146,9 @@ RELEASES: dict[str, Release] = {
         Release("6.17", "6.17.0", KHO_MAINLINE, "6.16-fix", **_ERA_6_16_FIX),  # type: ignore[arg-type]
         Release("6.18", "6.18.0", KHO_MAINLINE, "6.18", **_ERA_6_18),  # type: ignore[arg-type]
         Release("6.19", "6.19.0", KHO_MAINLINE, "6.19", **_ERA_6_19),  # type: ignore[arg-type]
-        Release("7.0", "7.0.0", KHO_MAINLINE, "6.19", **_ERA_6_19),  # type: ignore[arg-type]
+        Release("7.0", "7.0.0", KHO_MAINLINE, "6.19", **_ERA_7_0),  # type: ignore[arg-type]
+        # checked against a real Linux 7.2.13 (tests/data/golden), hence its full release
+        Release("7.2", "7.2.13", KHO_BLOB, "blob", **_ERA_BLOB),  # type: ignore[arg-type]
     )
 }
 DEFAULT_RELEASE = "v4"

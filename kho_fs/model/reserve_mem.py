@@ -11,7 +11,7 @@ import struct
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kho_fs.model.cmdline import parse_reserve_mem
-from kho_fs.model.dmesg import KERN_INFO, KERN_WARNING
+from kho_fs.model.dmesg import KERN_ERR, KERN_INFO, KERN_WARNING
 from kho_fs.model.fdt import FdtSw
 from kho_fs.model.kho import KEXEC_KHO_ABORT, KEXEC_KHO_DUMP, Kho
 from kho_fs.model.notifier import NOTIFY_BAD, NOTIFY_DONE
@@ -53,25 +53,52 @@ class ReserveMem:
 
         kho = self.kernel.kho
         if isinstance(kho, KhoMainline):
-            self.memblock_kho = MemblockKho(self, kho)
+            make = getattr(kho, "make_memblock_kho", None)  # an era with its own steps
+            self.memblock_kho = make(self) if make is not None else MemblockKho(self, kho)
             self.memblock_kho.reserve_mem_init()
 
     def reserve_mem_find_by_name(self, name: str) -> ReserveMemRegion | None:
         return next((r for r in self.table if r.size and r.name == name), None)
 
     def reserve_mem(self, value: str | None) -> None:
-        """The ``reserve_mem=`` boot-option handler: every failure is silent in v4."""
+        """The ``reserve_mem=`` boot-option handler: every failure is silent in v4; from
+        Linux 7.1 each one is logged (spec §8, release trait ``reserve_mem_messages``)."""
+        loud = self.kernel.release.reserve_mem_messages
+        if value is None:  # ``reserve_mem`` without ``=`` never reaches the handler
+            return
         if len(self.table) >= RESERVE_MEM_MAX_ENTRIES:
+            if loud:
+                self._err("reserve_mem: no more room for reserved memory")
             return
         param = parse_reserve_mem(value)
-        if param is None or self.reserve_mem_find_by_name(param.name):
+        if param is None:
+            if loud:
+                self._err("reserve_mem: empty or malformed parameter")
+            return
+        if self.reserve_mem_find_by_name(param.name):
+            if loud:
+                self._err(f'reserve_mem: name "{param.name}" was already used')
             return
         if self._revive(param.name, param.size, param.align):
             return
         start = self.kernel.memblock.memblock_phys_alloc(param.size, param.align)
         if not start:
+            if loud:
+                self._err("reserve_mem: memblock allocation failed")
             return
         self.table.append(ReserveMemRegion(param.name, start, param.size))
+
+    def _err(self, text: str) -> None:
+        self.kernel.printk(text, KERN_ERR)
+
+    def reserve_mem_param_show(self) -> str:
+        """debugfs ``memblock/reserve_mem_param`` (Linux 7.1+, spec §9): one line per
+        region with a size, ``name\t\t(size)``, the size from ``string_get_size``."""
+        from kho_fs.model.string_helpers import string_get_size
+
+        return "".join(
+            f"{r.name}\t\t({string_get_size(r.size)})\n" for r in self.table if r.size
+        )
 
     def _revive(self, name: str, size: int, align: int) -> bool:
         """Revival as the running kernel's KHO does it (v4 node or mainline sub-FDT)."""

@@ -39,6 +39,8 @@ KHO_TEST_FDT = "kho_test"
 KHO_TEST_COMPAT = "kho-test-v1"
 DEFAULT_MAX_MEM = (PAGE_SIZE << MAX_PAGE_ORDER) * 2
 PAGE_MASK = ~(PAGE_SIZE - 1)
+U64_MAX = (1 << 64) - 1
+MAX_BLOCK_ORDER = 64 - 12  # what a state file may name (the FDT's order follows max_mem)
 
 
 def csum_partial(data: bytes, csum: int) -> int:
@@ -204,6 +206,63 @@ class TestKhoDriver(KhoDriver):
         except KernelError:
             return NOTIFY_BAD
         return NOTIFY_DONE
+
+    # -- kho-fs mount --state ------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "max_mem": self.max_mem,
+            "folios": [[phys, order] for phys, order in self.folios],
+            "csum": self.csum,
+            "fdt_phys": self.fdt_phys,
+            "fdt_order": self.fdt_order,
+            "restored": self.restored,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """What :meth:`get_state` saved, checked as untrusted input: ValueError naming the
+        field. The folios and the FDT are blocks the page allocator handed out."""
+        pages = self.kernel._pages
+
+        def integer(key: str, value: object, hi: int) -> int:
+            if type(value) is not int or not 0 <= value <= hi:
+                raise ValueError(f"{key} is not an integer in [0, {hi:#x}]")
+            return value
+
+        def block(key: str, phys: object, order: object) -> tuple[int, int]:
+            phys = integer(key, phys, U64_MAX)
+            order = integer(f"{key} order", order, MAX_BLOCK_ORDER)
+            if pages is None or pages.allocated.get(phys) != order:
+                raise ValueError(f"{key} {phys:#x} is not a block of order {order} in use")
+            return phys, order
+
+        missing = {"max_mem", "folios", "csum", "fdt_phys", "fdt_order", "restored"} - set(state)
+        if missing:
+            raise ValueError(f"{', '.join(sorted(missing))} missing")
+        folios = state["folios"]
+        if not isinstance(folios, list):
+            raise ValueError("folios is not a list")
+        parsed = []
+        for i, folio in enumerate(folios):
+            if not isinstance(folio, list) or len(folio) != 2:
+                raise ValueError(f"folios[{i}] is not [phys, order]")
+            parsed.append(block(f"folios[{i}]", folio[0], folio[1]))
+        if len({phys for phys, _ in parsed}) != len(parsed):
+            raise ValueError("folios repeat a block")
+        fdt_order = integer("fdt_order", state["fdt_order"], MAX_BLOCK_ORDER)
+        fdt_phys = integer("fdt_phys", state["fdt_phys"], U64_MAX)
+        if fdt_phys:
+            block("fdt_phys", fdt_phys, fdt_order)
+        restored = state["restored"]
+        if restored is not None and type(restored) is not bool:
+            raise ValueError("restored is not null, true or false")
+        self.max_mem = integer("max_mem", state["max_mem"], U64_MAX)
+        self.csum = integer("csum", state["csum"], 0xFFFFFFFF)
+        self.folios, self.fdt_phys, self.fdt_order, self.restored = (
+            parsed,
+            fdt_phys,
+            fdt_order,
+            restored,
+        )
 
     # -- restore ---------------------------------------------------------------------
     def _restore(self, fdt_phys: int) -> bool:

@@ -62,18 +62,28 @@ __all__ = [
     "FUZZ_MEMORY",
     "FUZZ_NODES",
     "FUZZ_REGIONS",
+    "MAINLINE_ERAS",
+    "MAINLINE_FUZZ_ARGS",
+    "MAINLINE_FUZZ_CMDLINE",
+    "MAINLINE_FUZZ_MEMORY",
+    "MAINLINE_FUZZ_REGIONS",
     "FuzzReport",
     "Refused",
     "Unexpected",
+    "blob_write_outcome",
     "c_string",
+    "debugfs_attr_value",
+    "finalize_outcome",
     "kho_fdt_size",
     "kho_serialize_error",
     "kstrtobool",
     "kstrtoull",
+    "out_subtrees",
     "q35_ram_map",
     "region_spelling",
     "reserve_mem_table",
     "run_fuzz",
+    "run_mainline_fuzz",
     "sysfs_store_buffer",
 ]
 
@@ -1688,3 +1698,576 @@ def _answers(mountpoint: Path) -> bool:
     except OSError:
         return False
     return os.path.ismount(mountpoint) and b"state:       running" in status
+
+
+# == mainline releases: the debugfs interface (spec kho-mainline.md §2) ========================
+#
+# The same approach on a machine that boots a mainline kernel (``--release 6.16`` … ``7.0``)
+# with the kernel's KHO test module: every writable file of ``sys/kernel/debug/kho`` (and the
+# memblock debugfs files) gets random payloads, and each answer is predicted first by an
+# oracle written from kho-mainline.md §2.2/§2.3:
+#
+# * ``out/finalize``: the first min(len, 23) bytes, NUL-terminated, parsed with kstrtoull
+#   base 0 (EINVAL, ERANGE on overflow, the handler not called); then the era's table of
+#   §2.3 (6.16–6.18: EEXIST when finalized, ENOENT for 0 when not, abort with 0; 6.19/7.0:
+#   0 is EINVAL, any other value re-serializes); success returns the full length written.
+# * seq files (``out/scratch_phys``, ``out/scratch_len``, ``memblock/*``): no write
+#   handler, EINVAL (§2.2 Decision); root may open them for writing.
+# * blobs (``out/fdt``, ``out/sub_fdts/*``, ``in/fdt``, ``in/sub_fdts/*``): the generic
+#   blob write handler bounded by the blob's size (0 at or past the end, a short count
+#   across it) that patches RAM, so the campaign keeps a shadow of every blob and reads it
+#   back; a descriptor of a blob removed by an abort reads EIO.
+#
+# One deliberate step halfway: a cold reboot, ``finalize``, ``kexec_file_load`` of the same
+# kernel and ``exec`` (the kernel's selftest, §11): the regions revive, test_kho restores, and
+# the campaign goes on in the handover boot, whose ``in/`` blobs it fuzzes too.
+
+#: Releases :func:`run_mainline_fuzz` knows (spec §15.1) and their era (§0).
+MAINLINE_ERAS = {"6.16": "6.16", "6.17": "6.16-fix", "6.18": "6.18", "6.19": "6.19", "7.0": "6.19"}
+_TOGGLE_ERAS = ("6.16", "6.16-fix", "6.18")
+MAINLINE_FUZZ_MEMORY = "2G"
+MAINLINE_FUZZ_CMDLINE = (
+    "console=ttyS0 kho=on kho_scratch=16M,64M,32M reserve_mem=1M:4096:a "
+    "reserve_mem=64K:4096:b test_kho.max_mem=256K"
+)
+MAINLINE_FUZZ_REGIONS = {"a": 1 << 20, "b": 64 << 10}
+#: ``kho-fs mount`` options for the campaign's machine (the release goes with ``--release``)
+MAINLINE_FUZZ_ARGS = ["--driver", "test_kho"]
+_KDBG = "sys/kernel/debug/kho"
+FINALIZE = f"{_KDBG}/out/finalize"
+_SEQ_FILES = (
+    f"{_KDBG}/out/scratch_phys",
+    f"{_KDBG}/out/scratch_len",
+    f"{MEMBLOCK}/memory",
+    f"{MEMBLOCK}/reserved",
+)
+#: Bytes of a blob the campaign shadows and writes: the blob's own page. A size beyond it
+#: comes only from a header the campaign patched, and what lies past the page is other
+#: memory (other blobs' pages, the map), so the campaign neither writes nor trusts it.
+_BLOB_CAP = PAGE_SIZE
+SIMPLE_ATTR_SIZE = 24  # struct simple_attr: char set_buf[24]
+_FINALIZE_TOKENS = (
+    b"1", b"1\0", b"1\n", b"0x1", b"+1", b"01", b"2", b"0", b"0\n", b"0x0", b"00", b"+0",
+)  # fmt: skip
+
+
+def debugfs_attr_value(data: bytes) -> int:
+    """Spec §2.3: the value a debugfs attribute write passes to its handler, or Refused
+    (EINVAL/ERANGE) — the first min(len, 23) bytes, a C string, kstrtoull base 0."""
+    return kstrtoull(data[: SIMPLE_ATTR_SIZE - 1])
+
+
+def finalize_outcome(era: str, data: bytes, finalized: bool) -> int:
+    """What ``write(fd, data)`` on ``out/finalize`` returns (spec §2.3): ``len(data)`` or
+    ``-errno``. An empty write never reaches the file system (FUSE answers 0)."""
+    if not data:
+        return 0
+    try:
+        value = debugfs_attr_value(data)
+    except Refused as r:
+        return -r.errno
+    if era in _TOGGLE_ERAS:
+        if value and finalized:
+            return -errno.EEXIST
+        if not value and not finalized:
+            return -errno.ENOENT
+        return len(data)
+    return len(data) if value else -errno.EINVAL
+
+
+def blob_write_outcome(size: int, offset: int, n: int) -> int:
+    """Spec §2.2: ``simple_write_to_buffer`` into a blob of ``size`` bytes."""
+    if not n or offset >= size:
+        return 0
+    return min(n, size - offset)
+
+
+def out_subtrees(handover: bool) -> list[str]:
+    """The KHO users of the campaign's machine (spec §7.1, §10): memblock always (two
+    regions), test_kho unless it restored its data on this boot."""
+    return ["memblock"] if handover else ["kho_test", "memblock"]
+
+
+@dataclass
+class _BlobShadow:
+    """A blob as the campaign expects it: its size and the bytes it knows."""
+
+    size: int
+    known: bytearray  # the first min(size, _BLOB_CAP) bytes
+
+    def write(self, offset: int, data: bytes) -> None:
+        end = min(offset + len(data), len(self.known))
+        if offset < end:
+            self.known[offset:end] = data[: end - offset]
+
+
+class _MainlineCampaign:
+    """The mainline campaign on one mount (see the section comment above)."""
+
+    CHECK_EVERY = 500
+
+    def __init__(self, mountpoint: Path, release: str, seed: int, report: FuzzReport) -> None:
+        self.mnt = mountpoint
+        self.release = release
+        self.era = MAINLINE_ERAS[release]
+        self.rng = random.Random(seed)
+        self.report = report
+        self.gen = _Payloads(self.rng, PAGE_SIZE)
+        self.finalized = False
+        self.handover = False
+        self.root_dirty = False  # 6.19: out/fdt was written since boot
+        self.blobs: dict[str, _BlobShadow] = {}
+        self.fds: dict[str, int] = {}
+        self.scratch = b""
+        self.dirty: set[str] = set()  # blobs whose page the campaign wrote during this boot
+
+    # -- I/O ---------------------------------------------------------------------------------
+    def p(self, rel: str) -> Path:
+        return self.mnt / rel
+
+    def read(self, rel: str, limit: int = 1 << 22) -> bytes:
+        fd = os.open(self.p(rel), os.O_RDONLY)
+        try:
+            return _pread_all(fd, 0, limit)
+        finally:
+            os.close(fd)
+
+    def fail(self, message: str) -> None:
+        self.report.invariant_failures.append(f"after {self.report.writes} writes: {message}")
+
+    def attempt(
+        self, rel: str, payload: bytes, offset: int, pred: _Prediction, flags: int | None = None
+    ) -> int:
+        how = f"pwrite@{offset:#x}"
+        try:
+            if flags is None:
+                got = os.pwrite(self.fds[rel], payload, offset)
+            else:
+                how = f"open({_flag_names(flags)})+write@{offset:#x}"
+                fd = os.open(self.p(rel), flags)
+                try:
+                    os.lseek(fd, offset, os.SEEK_SET)
+                    got = os.write(fd, payload)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            got = -(exc.errno or 0)
+        r = self.report
+        r.writes += 1
+        r.per_file[rel] += 1
+        r.per_result["ok" if got >= 0 else _name(got)] += 1
+        if got in pred.results:
+            if pred.effect is not None:
+                pred.effect(got)
+        else:
+            expected = "|".join(sorted(_name(x) for x in pred.results))
+            r.unexpected.append(
+                Unexpected(r.writes, rel, how, _short(payload), expected, _name(got))
+            )
+            self.resync()
+        return got
+
+    # -- what the spec says exists ---------------------------------------------------------
+    def expected_blobs(self) -> list[str]:
+        """Blob paths of spec §2.1 for the era and state."""
+        out = []
+        if self.era in _TOGGLE_ERAS:
+            if self.finalized:
+                out.append(f"{_KDBG}/out/fdt")
+                out += [f"{_KDBG}/out/sub_fdts/{n}" for n in out_subtrees(self.handover)]
+        else:
+            if not self.handover:
+                out.append(f"{_KDBG}/out/fdt")
+            out += [f"{_KDBG}/out/sub_fdts/{n}" for n in out_subtrees(self.handover)]
+        if self.handover:
+            out.append(f"{_KDBG}/in/fdt")
+            out += [f"{_KDBG}/in/sub_fdts/{n}" for n in ("kho_test", "memblock")]
+        return out
+
+    def listing(self) -> list[str]:
+        found = []
+        for sub in ("out", "out/sub_fdts", "in", "in/sub_fdts"):
+            path = self.p(f"{_KDBG}/{sub}")
+            if not path.is_dir():
+                continue
+            for name in os.listdir(path):
+                rel = f"{_KDBG}/{sub}/{name}"
+                if not self.p(rel).is_dir() and rel != FINALIZE and rel not in _SEQ_FILES:
+                    found.append(rel)
+        return sorted(found)
+
+    def learn_blob(self, rel: str, size: int | None = None) -> None:
+        """A blob just created: read what it holds (the machine's addresses and sizes are
+        its own), check it is what the spec says, and open a descriptor for the fuzzing."""
+        data = self.read(rel, _BLOB_CAP + 1)
+        if size is None:  # learn it: the whole blob, or its header's word for a huge one
+            size = len(data) if len(data) <= _BLOB_CAP else struct.unpack(">I", data[4:8])[0]
+        elif len(data) != min(size, _BLOB_CAP + 1):
+            self.fail(f"{rel}: {len(data)} bytes where its header said {size}")
+        self.blobs[rel] = _BlobShadow(size, bytearray(data[: min(size, _BLOB_CAP)]))
+        fd = self.fds.pop(rel, None)
+        if fd is not None:
+            os.close(fd)
+        self.fds[rel] = os.open(self.p(rel), os.O_RDWR)
+
+    def check_fdt(self, rel: str, data: bytes, compatible: bytes) -> None:
+        """A freshly created KHO FDT passes libfdt's full check with the spec's compatible."""
+        import libfdt
+
+        buf = bytearray(data)
+        if libfdt.fdt_check_full(buf, len(buf)) != 0:
+            self.fail(f"{rel} fails fdt_check_full")
+            return
+        compat = libfdt.Fdt(buf).getprop(0, "compatible", quiet=(libfdt.NOTFOUND,))
+        if isinstance(compat, int) or bytes(compat) != compatible:
+            self.fail(f"{rel} has compatible {compat!r}, expected {compatible!r}")
+
+    def learn_boot(self) -> None:
+        """Open the kernel's files after a boot and learn the blobs (spec §2.1)."""
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        self.blobs.clear()
+        self.dirty.clear()
+        self.root_dirty = False
+        self.fds[FINALIZE] = os.open(self.p(FINALIZE), os.O_WRONLY)
+        for rel in _SEQ_FILES:  # debugfs: root may open 0400 files for writing (§2.2)
+            self.fds[rel] = os.open(self.p(rel), os.O_WRONLY)
+        self.scratch = self.read(f"{_KDBG}/out/scratch_phys")
+        for rel in self.expected_blobs():
+            self.learn_blob(rel)
+        self.check_created()
+
+    def check_created(self) -> None:
+        for rel in self.expected_blobs():
+            shadow = self.blobs.get(rel)
+            if shadow is None or rel in self.dirty:
+                continue
+            data = bytes(shadow.known)
+            if rel.endswith("out/fdt") and self.era not in _TOGGLE_ERAS:
+                if shadow.size != 152:  # spec §2.1: the size it had when created
+                    self.fail(f"{rel} has {shadow.size} bytes, expected 152")
+                continue
+            want = {"fdt": b"kho-v1\0", "memblock": b"memblock-v1\0", "kho_test": b"kho-test-v1\0"}
+            self.check_fdt(rel, data, want[rel.rsplit("/", 1)[1]])
+
+    # -- targets -----------------------------------------------------------------------------
+    def op_finalize(self) -> None:
+        rng = self.rng
+        r = rng.random()
+        if r < 0.25:
+            payload = rng.choice(_FINALIZE_TOKENS) + rng.choice(
+                [b"", b"\n", b"\0" + self.gen.blob()]
+            )
+        elif r < 0.7:
+            payload = self.gen.number()
+        else:
+            payload = self.gen.blob()
+        offset = rng.choice([0, 0, 0, 1, 23, 4096, 1 << 30])
+        flags = None
+        if rng.random() < 0.06:
+            flags = rng.choice([os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_TRUNC])
+        got = finalize_outcome(self.era, payload, self.finalized)
+        if got <= 0:
+            self.attempt(FINALIZE, payload, offset, _expect(got), flags)
+            return
+        handler = self.on_finalize if debugfs_attr_value(payload) else self.on_abort
+
+        def effect(result: int) -> None:
+            if result > 0:
+                handler()
+
+        results = [got]
+        if self.era not in _TOGGLE_ERAS and self.root_dirty:
+            # a root patched through out/fdt: whether libfdt still finds the map in it
+            # decides (a real 6.19 kernel dereferences a NULL property; kho-fs: EINVAL)
+            results.append(-errno.EINVAL)
+        self.attempt(FINALIZE, payload, offset, _expect(*results, effect=effect), flags)
+
+    def on_finalize(self) -> None:
+        self.report.events["finalizes"] += 1
+        if self.era not in _TOGGLE_ERAS:
+            self.finalized = True
+            rel = f"{_KDBG}/out/fdt"
+            if rel in self.blobs:  # the map's address changed in the root (spec §6.2)
+                self.learn_blob(rel, 152)
+            return
+        self.finalized = True
+        for rel in self.expected_blobs():
+            if rel.startswith(f"{_KDBG}/out/"):
+                old = self.blobs.get(rel)
+                # a sub-FDT's size is its header's totalsize when the file is created
+                size = (
+                    struct.unpack(">I", old.known[4:8])[0] if old and len(old.known) >= 8 else None
+                )
+                self.learn_blob(rel, size)
+        self.check_created()
+
+    def on_abort(self) -> None:
+        """Spec §2.3: abort removes out/fdt and every out/sub_fdts file; a descriptor of a
+        removed blob reads EIO (§2.2)."""
+        self.report.events["aborts"] += 1
+        self.finalized = False
+        for rel in [r for r in self.fds if r.startswith(f"{_KDBG}/out/") and r in self.blobs]:
+            fd = self.fds.pop(rel)
+            try:
+                os.pread(fd, 8, 0)
+                self.fail(f"{rel} still reads after the abort removed it")
+            except OSError as exc:
+                if exc.errno != errno.EIO:
+                    self.fail(f"read of removed {rel}: {exc!r}, expected EIO")
+            finally:
+                os.close(fd)
+        # keep the shadows of sub-FDT pages (the same pages come back at the next finalize)
+        self.blobs.pop(f"{_KDBG}/out/fdt", None)
+
+    def op_seq(self) -> None:
+        rel = self.rng.choice(_SEQ_FILES)
+        payload = self.rng.choice([self.gen.blob(), self.gen.number(), b"0x1000\n"])
+        self.attempt(
+            rel, payload, self.rng.choice([0, 1, 4096]), _expect(-errno.EINVAL if payload else 0)
+        )
+
+    def op_blob(self) -> None:
+        live = [rel for rel in self.blobs if rel in self.fds]
+        if not live:
+            return self.op_finalize()
+        rel = self.rng.choice(live)
+        shadow = self.blobs[rel]
+        payload = self.gen.blob(self.rng.choice([1, 2, 4, 8, 16, 64, 512, self.gen.length()]))
+        size = shadow.size
+        if len(shadow.known) < size:  # a patched header claims more than the page
+            payload = payload[: max(len(shadow.known) // 2, 1)]
+        offset = self.rng.choice(
+            [
+                0,
+                4,
+                8,
+                0x28,
+                self.rng.randrange(max(size, 1)),
+                max(size - 1, 0),
+                max(size - len(payload) // 2, 0),
+                size,
+                size + 1,
+                1 << 20,
+            ]
+        )
+        if len(shadow.known) < size and len(shadow.known) <= offset < size:
+            offset = self.rng.choice([0, len(shadow.known) - len(payload), size])
+        elif (
+            len(shadow.known) < size and offset + len(payload) > len(shadow.known) and offset < size
+        ):
+            offset = max(len(shadow.known) - len(payload), 0)
+        got = blob_write_outcome(size, offset, len(payload))
+
+        def effect(_: int) -> None:
+            shadow.write(offset, payload[:got])
+            if got:
+                self.dirty.add(rel)
+                self.root_dirty = self.root_dirty or rel.endswith("out/fdt")
+
+        self.attempt(rel, payload, offset, _expect(got, effect=effect))
+
+    def op_read(self) -> None:
+        live = [rel for rel in self.blobs if rel in self.fds]
+        if not live:
+            return
+        rel = self.rng.choice(live)
+        shadow = self.blobs[rel]
+        offset = self.rng.randrange(max(len(shadow.known), 1))
+        got = os.pread(self.fds[rel], 256, offset)
+        want = bytes(shadow.known[offset : offset + 256])
+        if got[: len(want)] != want:
+            self.fail(f"{rel} at {offset:#x} reads {_short(got)}, expected {_short(want)}")
+
+    def op_probe(self) -> None:
+        """What must refuse: directories, creating files, the finalize file read-only."""
+        rel, flags, expected = self.rng.choice(
+            [
+                (f"{_KDBG}/out", os.O_WRONLY, -errno.EISDIR),
+                (f"{_KDBG}/out/sub_fdts", os.O_RDWR, -errno.EISDIR),
+                (f"{_KDBG}/out/new", os.O_WRONLY | os.O_CREAT, -errno.EACCES),
+                (f"{_KDBG}/out/sub_fdts/new", os.O_WRONLY | os.O_CREAT, -errno.EACCES),
+                (FINALIZE, os.O_RDONLY, -errno.EBADF),  # opened for reading: write is EBADF
+            ]
+        )
+        self.attempt(rel, b"1", 0, _expect(expected), flags)
+
+    def op_truncate(self) -> None:
+        """debugfs files accept a size change and ignore it (simple_setattr; the tree's
+        pseudo-files keep their content): the blob must read as before."""
+        rel = self.rng.choice(list(self.fds))
+        size = self.rng.choice([0, 1, 4096, 1 << 40])
+        try:
+            os.ftruncate(self.fds[rel], size)
+            got = 0
+        except OSError as exc:
+            got = -(exc.errno or 0)
+        self.report.truncates += 1
+        self.report.per_file[f"{rel} (ftruncate)"] += 1
+        if got != 0:
+            self.report.unexpected.append(
+                Unexpected(self.report.writes, rel, f"ftruncate({size:#x})", "", "0", _name(got))
+            )
+
+    def resync(self) -> None:
+        """Believe the mount again after a wrong prediction (one bug, one report)."""
+        self.finalized = self.read(FINALIZE) == b"1\n"
+        for rel in list(self.blobs):
+            if rel not in self.listing():
+                self.blobs.pop(rel)
+                fd = self.fds.pop(rel, None)
+                if fd is not None:
+                    os.close(fd)
+            else:
+                self.learn_blob(rel)
+        for rel in self.listing():
+            if rel not in self.blobs:
+                self.learn_blob(rel)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        self.report.checkpoints += 1
+        got = self.read(FINALIZE)
+        want = b"1\n" if self.finalized else b"0\n"
+        if got != want:
+            self.fail(f"finalize reads {got!r}, expected {want!r}")
+        if self.listing() != sorted(self.expected_blobs()):
+            self.fail(
+                f"debugfs lists {self.listing()}, spec §2.1 says {sorted(self.expected_blobs())}"
+            )
+        if self.read(f"{_KDBG}/out/scratch_phys") != self.scratch:
+            self.fail("scratch_phys changed")
+        for rel, shadow in self.blobs.items():
+            if rel not in self.fds:
+                continue
+            data = _pread_all(self.fds[rel], 0, len(shadow.known))
+            if data != shadow.known:
+                self.fail(f"{rel} differs from the bytes written into it")
+        log = self.read("machine/dmesg", 1 << 26).decode("latin-1")
+        if "Failed to convert KHO state tree" in log:
+            self.fail("a finalize failed (dmesg: Failed to convert KHO state tree)")
+
+    # -- the deliberate step -----------------------------------------------------------------
+    def write_whole(self, rel: str, data: bytes) -> None:
+        fd = os.open(self.p(rel), os.O_WRONLY | os.O_TRUNC)
+        try:
+            if os.write(fd, data) != len(data):
+                raise _StepFailed(f"short write to {rel}")
+        except OSError as exc:
+            raise _StepFailed(f"writing {_short(data)} to {rel}: {exc}") from None
+        finally:
+            os.close(fd)
+
+    def reboot_and_kexec(self) -> None:
+        """Cold reboot, then the selftest's handover (spec §11): finalize, load, exec."""
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        self.write_whole(COLD_CMDLINE, MAINLINE_FUZZ_CMDLINE.encode() + b"\n")
+        self.write_whole("machine/reboot", b"1\n")
+        self.report.events["cold reboots"] += 1
+        self.finalized, self.handover = False, False
+        self.learn_boot()
+        self.write_whole(FINALIZE, b"1\0")
+        self.on_finalize()
+        out_fdt = bytes(self.blobs[f"{_KDBG}/out/fdt"].known)
+        image = bytearray(self.rng.randbytes(64 << 10))
+        image[0x202:0x206] = b"\0\0\0\0"  # not a bzImage: the same kernel again (§15.3)
+        self.write_whole(STAGING["kernel"], bytes(image))
+        self.write_whole(STAGING["initrd"], b"")
+        self.write_whole(STAGING["cmdline"], MAINLINE_FUZZ_CMDLINE.encode() + b"\n")
+        self.write_whole(CONTROL, b"kexec_file_load\n")
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        self.write_whole(CONTROL, b"exec\n")
+        self.report.events["kexec exec"] += 1
+        self.finalized, self.handover = False, True
+        log = self.read("machine/dmesg", 1 << 26).decode("latin-1")
+        suffix = " Will skip init for some devices" if self.era in _TOGGLE_ERAS else ""
+        for line in [
+            f"KHO: found kexec handover data.{suffix}",
+            *(f"Revived memory reservation '{n}' from KHO" for n in MAINLINE_FUZZ_REGIONS),
+            "test_kho: KHO restore succeeded",
+        ]:
+            if f"] {line}\n" not in log:
+                self.fail(f"dmesg lacks {line!r} after the handover")
+        self.learn_boot()
+        in_fdt = bytes(self.blobs[f"{_KDBG}/in/fdt"].known)
+        if self.era in _TOGGLE_ERAS and in_fdt != out_fdt:  # §11: the same page
+            self.fail("in/fdt differs from the out/fdt handed over")
+
+    def run(self, writes: int, progress: Callable[[int], None] | None) -> None:
+        ops = [
+            (30, self.op_finalize),
+            (30, self.op_blob),
+            (12, self.op_seq),
+            (10, self.op_read),
+            (3, self.op_probe),
+            (1, self.op_truncate),
+        ]
+        weights = [w for w, _ in ops]
+        step_at = writes // 2
+        next_check = self.CHECK_EVERY
+        while self.report.writes < writes:
+            self.rng.choices(ops, weights)[0][1]()
+            if step_at and self.report.writes >= step_at:
+                step_at = 0
+                self.checkpoint()
+                self.reboot_and_kexec()
+                self.checkpoint()
+            if self.report.writes >= next_check:
+                self.checkpoint()
+                next_check += self.CHECK_EVERY
+                if progress is not None:
+                    progress(self.report.writes)
+        self.checkpoint()
+
+
+def run_mainline_fuzz(
+    mountpoint: Path,
+    release: str,
+    writes: int,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+) -> FuzzReport:
+    """Fuzz the debugfs files of a mainline machine mounted at ``mountpoint``.
+
+    The mount must boot ``release`` (``--release``) with :data:`MAINLINE_FUZZ_ARGS`,
+    :data:`MAINLINE_FUZZ_CMDLINE` and :data:`MAINLINE_FUZZ_MEMORY`, freshly (ValueError
+    otherwise). Halfway through, the campaign reboots the machine and performs a KHO kexec.
+    """
+    from kho_fs.daemon import read_pid_file
+
+    if release not in MAINLINE_ERAS:
+        raise ValueError(f"no mainline campaign for release {release!r}")
+    mountpoint = Path(mountpoint)
+    report = FuzzReport(seed=seed)
+    report.daemon_pid = read_pid_file(str(mountpoint))
+    if report.daemon_pid is None:
+        report.invariant_failures.append("no live daemon pid file for the mount")
+    started = time.monotonic()
+    campaign = _MainlineCampaign(mountpoint, release, seed, report)
+    if campaign.read("proc/cmdline") != MAINLINE_FUZZ_CMDLINE.encode() + b"\n":
+        raise ValueError(f"mount the campaign with cmdline={MAINLINE_FUZZ_CMDLINE!r}")
+    if not campaign.read("proc/version").startswith(f"Linux version {release}.0 ".encode()):
+        raise ValueError(f"mount the campaign with --release {release}")
+    if campaign.read(FINALIZE) != b"0\n" or campaign.p(f"{_KDBG}/in").exists():
+        raise ValueError("the campaign needs a freshly booted machine")
+    try:
+        campaign.learn_boot()
+        campaign.checkpoint()
+        campaign.run(writes, progress)
+    except (_StepFailed, OSError) as exc:
+        report.invariant_failures.append(f"campaign stopped after {report.writes} writes: {exc}")
+    finally:
+        for fd in campaign.fds.values():
+            os.close(fd)
+        campaign.fds.clear()
+        report.seconds = time.monotonic() - started
+    if report.daemon_pid is not None:
+        report.daemon_alive = read_pid_file(str(mountpoint)) == report.daemon_pid and _answers(
+            mountpoint
+        )
+    return report

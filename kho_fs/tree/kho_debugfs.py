@@ -104,11 +104,12 @@ def kho_debugfs_entries(
     yield entry(
         f"{KHO_DEBUGFS}/out/scratch_len", lambda: DebugfsSeqFile(0o400, kho.scratch_len_show), None
     )
-    yield entry(
-        f"{KHO_DEBUGFS}/out/finalize",
-        lambda: DebugfsAttribute(0o600, kho.finalize_show, kho.finalize_store),
-        None,
-    )
+    if kho.release.has_finalize:  # the blob era (7.2) has none
+        yield entry(
+            f"{KHO_DEBUGFS}/out/finalize",
+            lambda: DebugfsAttribute(0o600, kho.finalize_show, kho.finalize_store),
+            None,
+        )
     if kho.out_fdt is not None:
         yield blob("out/fdt", kho.out_fdt)
     for b in kho.out_sub_fdts:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
+from kho_fs.memory_map import machine_layout
 from kho_fs.model.cmdline import isspace, kstrtoull
 from kho_fs.model.errors import KernelError
 from kho_fs.model.kernel import Kernel
@@ -182,14 +183,22 @@ class V4Profile:
         )
         yield entry("sys/kernel/debug", lambda: Directory(0o700))
         mb = k.memblock
+        # the kernel shows memblock's arrays only with ARCH_KEEP_MEMBLOCK; where it does
+        # not (7.2 on x86), the emulator keeps the same view under machine/memblock
+        arrays = "sys/kernel/debug" if k.release.memblock_debugfs_arrays else "machine"
         yield entry(
-            "sys/kernel/debug/memblock/memory",
+            f"{arrays}/memblock/memory",
             lambda: DebugfsSeqFile(0o444, lambda: memblock_debug_show(mb.memory)),
         )
         yield entry(
-            "sys/kernel/debug/memblock/reserved",
+            f"{arrays}/memblock/reserved",
             lambda: DebugfsSeqFile(0o444, lambda: memblock_debug_show(mb.reserved)),
         )
+        if k.release.reserve_mem_param and k.reserve_mem.table:  # Linux 7.1+ (spec §9)
+            yield entry(
+                "sys/kernel/debug/memblock/reserve_mem_param",
+                lambda: DebugfsSeqFile(0o444, k.reserve_mem.reserve_mem_param_show),
+            )
         yield entry("proc/cmdline", lambda: ProcFile(0o444, lambda: k.cmdline + "\n"))
         yield entry("proc/version", lambda: ProcFile(0o444, lambda: k.linux_banner + "\n"))
         yield entry(
@@ -199,11 +208,8 @@ class V4Profile:
         windows: list[tuple[tuple[str, ...], int, int]] = [
             (("reserve_mem", r.name), r.start, r.size) for r in k.reserve_mem.table
         ]
-        for d in k.drivers:
-            try:  # plug-in code
-                windows += [(("drivers", d.name, r.name), r.start, r.size) for r in d.regions()]
-            except Exception:
-                log.exception("driver %r: regions() failed; its files are left out", d.name)
+        for d in k.drivers:  # plug-in code: a regions() that raises has no files (dmesg)
+            windows += [(("drivers", d.name, r.name), r.start, r.size) for r in k.driver_regions(d)]
         for (top, *labels), start, size in windows:
             try:
                 path = "/".join(["machine", top, *map(region_file_name, labels)])
@@ -211,6 +217,14 @@ class V4Profile:
                 log.error("region %r left out: %s", "/".join(labels), exc)
                 continue
             yield entry(path, partial(_window, mem.read, mem.write, start, size), (start, size))
+
+    def _status(self) -> str:
+        """``machine/status``: the machine's summary and where ``/dev/liveupdate`` is."""
+        text = self.machine.status()
+        socket_path = getattr(self, "liveupdate_socket", None)
+        if socket_path:
+            text += f"liveupdate socket: {socket_path} (kho-fs run, kho_fs.liveupdate)\n"
+        return text
 
     def _machine_entries(self, k: Kernel, boot: int) -> Iterator[Entry]:
         m = self.machine
@@ -220,7 +234,13 @@ class V4Profile:
             lambda: LogFile(0o444, lambda: m.kernel.log.render_raw(), direct_io=False),
             boot,
         )
-        yield Entry("machine/status", lambda: DebugfsSeqFile(0o444, m.status))
+        yield Entry("machine/status", lambda: DebugfsSeqFile(0o444, self._status))
+        socket_path = getattr(self, "liveupdate_socket", None)
+        if socket_path:  # /dev/liveupdate is served beside the mount (docs/luo.md)
+            line = socket_path + "\n"
+            yield Entry("machine/liveupdate", lambda: DebugfsSeqFile(0o444, lambda: line))
+        yield Entry("machine/layout", lambda: DebugfsSeqFile(0o444, lambda: machine_layout(m)))
+        yield Entry("machine/map.svg", lambda: DebugfsSeqFile(0o444, lambda: _map_svg(m)))
         yield Entry(
             "machine/cmdline",
             lambda: ControlFile(0o600, self._set_cold_cmdline, lambda: m.cold_cmdline + "\n"),
@@ -284,6 +304,13 @@ class V4Profile:
             return
         flags = kstrtoull(words[1], 0) if len(words) > 1 else 0
         kexec.kexec_file_load(kernel, initrd, cmdline, flags)
+
+
+def _map_svg(machine: Machine) -> str:
+    """``machine/map.svg``: the picture ``kho-fs map`` draws, built from the model."""
+    from kho_fs.memory_map import picture_from_machine, render_svg
+
+    return render_svg(picture_from_machine(machine))
 
 
 def _c_string(buf: bytes) -> str:

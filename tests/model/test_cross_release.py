@@ -1,4 +1,4 @@
-"""kexec between releases (issue 10): the image names the next kernel, and each of the 49
+"""kexec between releases (issue 10): the image names the next kernel, and each of the 64
 ordered pairs behaves as spec kho-mainline.md §13 and §15 say those two kernels would.
 
 The expectations below are written from the spec's rules, not from the model's output:
@@ -14,6 +14,11 @@ The expectations below are written from the spec's rules, not from the model's o
   4096-byte sender's map sees only the first eighth of each bitmap, so the regions
   (preserved above it) are not reserved; the other direction over-reads but still covers
   every preserved block.
+- 7.2 (blob era, §5.1, §13) writes and requires ``kho-v4``: with every ``kho-v1`` kernel
+  (v4 series, 6.16–7.0) the receiver refuses the handover with the "incompatible" line,
+  except a v4 receiver, which checks only the FDT header and finds nothing of its own;
+  test_kho then saves again. 7.2 → 7.2 keeps everything (no finalize: the radix tree is
+  live until exec).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from kho_fs.model.machine import Machine
 from kho_fs.model.releases import RELEASES
 
 MAINLINE = {"6.16", "6.17", "6.18", "6.19", "7.0"}
+KHO_V1 = {"v4", *MAINLINE}  # every release whose root compatible is `kho-v1`
 SMALL_BITMAPS = {"6.16", "6.17"}
 ARRAY_TEST_KHO = {"6.16", "6.17"}
 
@@ -38,6 +44,18 @@ ARRAY_TEST_KHO = {"6.16", "6.17"}
 def expected(sender: str, receiver: str) -> dict[str, object]:
     if "6.12" in (sender, receiver):
         return {"handover": False, "revived": 0, "test_kho": "-"}
+    if "7.2" in (sender, receiver) and receiver != "v4" and sender != receiver:
+        want = "kho-v4" if receiver == "7.2" else "kho-v1"
+        line = "KHO: disabling KHO revival" + ("" if receiver == "7.2" else ": -22")
+        return {
+            "handover": False,
+            "revived": 0,
+            "test_kho": "-" if "v4" in (sender, receiver) else "saved again",
+            "line": line,
+            "incompatible": f"is incompatible with '{want}': 1",
+        }
+    if sender == "7.2" and receiver == "7.2":
+        return {"handover": True, "revived": 2, "intact": 2, "reserved": 2, "test_kho": "restored"}
     if sender == "v4" and receiver == "v4":
         return {"handover": True, "revived": 2, "test_kho": "-"}
     if sender == "v4":
@@ -75,6 +93,8 @@ def test_matrix_cell(sender: str, receiver: str) -> None:
         assert cell.reserved == want["reserved"]
     if "line" in want:
         assert want["line"] in cell.log
+    if "incompatible" in want:
+        assert any(str(want["incompatible"]) in line for line in cell.log)
 
 
 def test_the_image_names_the_next_kernel() -> None:
@@ -90,18 +110,25 @@ def test_the_image_names_the_next_kernel() -> None:
             )
 
 
-def test_newer_kernels_boot_7_0_with_a_note() -> None:
+@pytest.mark.parametrize(
+    ("version", "note"),
+    [
+        ("7.2.13-amd64", None),
+        ("7.3.0-rc1", "kho-fs: kernel 7.3.0-rc1 is newer than the releases modelled; booting 7.2"),
+        ("7.1.4", "kho-fs: kernel 7.1.4 is not modelled; booting 7.2"),
+    ],
+)
+def test_newer_kernels_boot_7_2(version: str, note: str | None) -> None:
     image = bytearray(make_bzimage(RELEASES["7.0"], 16 << 10))
     at = image.index(b"7.0.0")
-    text = b"7.2.13-amd64 (debian-kernel@lists.debian.org) #1 SMP Debian 7.2.13-1\0"
+    text = f"{version} (debian-kernel@lists.debian.org) #1 SMP Debian\0".encode()
     image[at : at + len(text)] = text
     with Machine.create(memory=1 << 30, release="6.19") as m:
         m.kernel.kexec.kexec_file_load(bytes(image), None, m.kernel.cmdline)
         m.kexec_exec()
-        assert m.kernel.release.name == "7.0"
-        assert m.kernel.log.lines()[1] == (
-            "kho-fs: kernel 7.2.13-amd64 is newer than the releases modelled; booting 7.0"
-        )
+        assert m.kernel.release.name == "7.2"
+        second = m.kernel.log.lines()[1]
+        assert second == note if note else second.startswith("Command line:")
 
 
 @pytest.mark.parametrize(
@@ -149,7 +176,7 @@ def test_random_release_chains_never_crash_and_keep_compatible_bytes() -> None:
     address and bytes."""
     rng = random.Random(11)
     cmd = "console=ttyS0 kho=on reserve_mem=4M:4096:log"
-    family = {"v4": "v4", **{r: "mainline" for r in MAINLINE}}
+    family = {"v4": "v4", "7.2": "blob", **{r: "mainline" for r in MAINLINE}}
     for _ in range(12):
         first = rng.choice(MATRIX_RELEASES)
         with Machine.create(memory=1 << 30, cmdline=cmd, release=first) as m:
@@ -164,7 +191,11 @@ def test_random_release_chains_never_crash_and_keep_compatible_bytes() -> None:
                 try:
                     if kho.kind == "v4" and kho.kho_enable:  # type: ignore[union-attr]
                         kho.active_store(b"1")  # type: ignore[union-attr]
-                    elif kho.kind == "mainline" and kho.kho_enable:  # type: ignore[union-attr]
+                    elif (
+                        kho.kind == "mainline"
+                        and kho.kho_enable  # type: ignore[union-attr]
+                        and k.release.has_finalize
+                    ):
                         kho.finalize_store(1)  # type: ignore[union-attr]
                 except KernelError as exc:
                     # A region allocated afresh inside scratch on a handover boot (its

@@ -59,7 +59,8 @@ def decode_chunks(read, first: int, bitmap_bytes: int) -> set[tuple[int, int]]: 
 
 
 def test_release_names_and_banner() -> None:
-    with pytest.raises(ValueError, match=r"valid: 6\.12, v4, 6\.16, 6\.17, 6\.18, 6\.19, 7\.0"):
+    valid = r"valid: 6\.12, v4, 6\.16, 6\.17, 6\.18, 6\.19, 7\.0, 7\.2"
+    with pytest.raises(ValueError, match=valid):
         machine("6.15")
     for name, prefix in [
         ("6.12", "6.12.0"),

@@ -89,7 +89,9 @@ def _make_dead_mount(m: MountedMachine) -> None:
         time.sleep(0.01)
     with pytest.raises(OSError) as info:
         os.statvfs(m.mountpoint)
-    assert info.value.errno == errno.ENOTCONN  # "Transport endpoint is not connected"
+    # "Transport endpoint is not connected", or "Software caused connection abort" when the
+    # kernel aborted the connection itself; either is a dead mount to `kho-fs mount`
+    assert info.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     assert mount_type(str(m.mountpoint)) == FSTYPE
 
 

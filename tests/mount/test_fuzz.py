@@ -20,8 +20,15 @@ from kho_fs.stress.fuzz import (
     FUZZ_MEMORY,
     FUZZ_NODES,
     FUZZ_REGIONS,
+    MAINLINE_ERAS,
+    MAINLINE_FUZZ_ARGS,
+    MAINLINE_FUZZ_CMDLINE,
+    MAINLINE_FUZZ_MEMORY,
     Refused,
+    blob_write_outcome,
     c_string,
+    debugfs_attr_value,
+    finalize_outcome,
     kho_fdt_size,
     kho_serialize_error,
     kstrtobool,
@@ -30,12 +37,14 @@ from kho_fs.stress.fuzz import (
     region_spelling,
     reserve_mem_table,
     run_fuzz,
+    run_mainline_fuzz,
     sysfs_store_buffer,
 )
 from kho_fs.testing import mounted
 
 SEED = 20250214
 WRITES = 20_000
+MAINLINE_WRITES = 3000  # per release: a few seconds each
 INT_MAX = (1 << 31) - 1
 GiB, MiB = 1 << 30, 1 << 20
 
@@ -94,6 +103,46 @@ def test_regressions_found_by_fuzzing(tmp_path):
             assert info.value.errno == errno.EINVAL, command
         assert m.write("machine/kexec/control", b"unload\xa0\n") == 8
         assert m.write("machine/kexec/control", b"kexec_file_load\v1\n") == 18
+
+
+@pytest.mark.parametrize("release", list(MAINLINE_ERAS))
+def test_mainline_debugfs_fuzz_through_the_mount(tmp_path, release):
+    """Spec kho-mainline.md §2: ``out/finalize``, the seq files and every blob (``out/fdt``,
+    ``out/sub_fdts/*``, after the campaign's KHO kexec ``in/fdt`` and ``in/sub_fdts/*``)."""
+    with mounted(
+        tmp_path,
+        memory=MAINLINE_FUZZ_MEMORY,
+        cmdline=MAINLINE_FUZZ_CMDLINE,
+        extra_args=["--release", release, *MAINLINE_FUZZ_ARGS],
+    ) as m:
+        report = run_mainline_fuzz(m.mountpoint, release, MAINLINE_WRITES, SEED)
+        print(report.summary())
+        assert report.unexpected == [], report.summary()
+        assert report.invariant_failures == [], report.summary()
+        assert report.daemon_pid == m.pid and report.daemon_alive, report.summary()
+        assert report.writes >= MAINLINE_WRITES
+    k = "sys/kernel/debug/kho"
+    targets = [
+        f"{k}/out/finalize", f"{k}/out/scratch_phys", f"{k}/out/scratch_len", f"{k}/out/fdt",
+        f"{k}/out/sub_fdts/memblock", f"{k}/in/fdt", f"{k}/in/sub_fdts/kho_test",
+        f"{k}/in/sub_fdts/memblock", "sys/kernel/debug/memblock/reserved",
+    ]  # fmt: skip
+    assert all(report.per_file[t] > 0 for t in targets), report.per_file
+    names = ["ok", "EINVAL", "ERANGE", "EISDIR", "EACCES"]
+    names += ["EEXIST", "ENOENT"] if MAINLINE_ERAS[release] != "6.19" else []
+    assert all(report.per_result[n] > 0 for n in names), report.per_result
+    assert report.events["finalizes"] > 20, report.events
+    if MAINLINE_ERAS[release] != "6.19":
+        assert report.events["aborts"] > 20, report.events
+    assert report.events["kexec exec"] == 1 and report.events["cold reboots"] == 1
+
+
+def test_mainline_fuzz_refuses_a_machine_it_cannot_predict(tmp_path):
+    with (
+        mounted(tmp_path, memory="1G", cmdline="kho=on", extra_args=["--release", "6.19"]) as m,
+        pytest.raises(ValueError),
+    ):
+        run_mainline_fuzz(m.mountpoint, "6.19", 10, SEED)
 
 
 def test_fuzz_refuses_a_machine_it_cannot_predict(tmp_path):
@@ -226,3 +275,55 @@ def test_awkward_command_lines_cover_every_name_class(seed):
     assert all(b" " not in n and b'"' not in n and b"\xa0" not in n for n in names)
     table = reserve_mem_table(options)
     assert 0 < len(table) <= 8 and len({n for n, _ in table}) == len(table)
+
+
+# -- the mainline oracle, pinned to kho-mainline.md §2.2, §2.3, §11, §14 -----------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "value"),
+    [
+        (b"1\0", 1), (b"1", 1), (b"0x1", 1), (b"+1\n", 1), (b"0", 0), (b"010", 8),
+        (b"0" * 23 + b"1", 0),  # only the first 23 bytes count
+        (b"1" + b"\0" * 30, 1), (b"18446744073709551615", (1 << 64) - 1),
+    ],
+)  # fmt: skip
+def test_oracle_debugfs_attribute_value(data, value):
+    assert debugfs_attr_value(data) == value
+
+
+@pytest.mark.parametrize("data", [b"abc", b" 1", b"-1", b"", b"1 ", b"0x", b"1\n\n"])
+def test_oracle_debugfs_attribute_invalid(data):
+    assert refused(debugfs_attr_value, data) == errno.EINVAL  # spec §11: all eras
+
+
+def test_oracle_debugfs_attribute_range():
+    assert refused(debugfs_attr_value, b"18446744073709551616") == errno.ERANGE
+
+
+@pytest.mark.parametrize("era", ["6.16", "6.16-fix", "6.18"])
+def test_oracle_finalize_toggle_eras(era):
+    # spec §14 item 3 and §11: `1\0` returns 2; 1 again EEXIST; 0 aborts; 0 again ENOENT
+    assert finalize_outcome(era, b"1\0", finalized=False) == 2
+    assert finalize_outcome(era, b"1", finalized=True) == -errno.EEXIST
+    assert finalize_outcome(era, b"0\n", finalized=True) == 2
+    assert finalize_outcome(era, b"0", finalized=False) == -errno.ENOENT
+    assert finalize_outcome(era, b"abc", finalized=False) == -errno.EINVAL
+    assert finalize_outcome(era, b"", finalized=False) == 0  # FUSE never sends it
+
+
+def test_oracle_finalize_6_19():
+    # spec §14 item 4: `1` repeatedly, `0` is EINVAL
+    assert finalize_outcome("6.19", b"1", finalized=False) == 1
+    assert finalize_outcome("6.19", b"0x1\n", finalized=True) == 4
+    assert finalize_outcome("6.19", b"0", finalized=True) == -errno.EINVAL
+    assert finalize_outcome("6.19", b"-1", finalized=True) == -errno.EINVAL
+
+
+def test_oracle_blob_writes():
+    # spec §2.2 / §16: a root write of `1` to out/fdt returns 1; at or past the end, 0
+    assert blob_write_outcome(152, 0, 1) == 1
+    assert blob_write_outcome(152, 150, 8) == 2
+    assert blob_write_outcome(152, 152, 8) == 0
+    assert blob_write_outcome(152, 1 << 40, 8) == 0
+    assert blob_write_outcome(152, 0, 0) == 0

@@ -37,13 +37,21 @@ def test_bench_smoke_prints_every_figure_and_writes_json(tmp_path):
         "state restore (4 GiB machine",
         "in-process cycle",
         "RSS of a 4 GiB machine",
+        "6.16 cycle: finalize + load + exec",
+        "7.0 cycle: finalize + load + exec",
+        "6.18 finalize, 1 GiB as 2 MiB folios",
+        "6.16 finalize, 16 MiB as 4 KiB folios",
+        "6.18 map bytes, 256 MiB as 4 KiB pages, 4 TiB machine",
+        "kho-selftest via a mount, 6.16",
+        "kho-selftest via a mount, 7.0",
     ):
         assert figure in r.stdout, (figure, r.stdout)
     results = json.loads(out.read_text())
     assert results["smoke"] is True
-    assert {"region", "attr", "seed", "startup", "state", "model_cycle_ms", "rss_mib"} <= set(
-        results
-    )
+    assert {
+        "region", "attr", "seed", "startup", "state", "model_cycle_ms", "rss_mib", "releases",
+    } <= set(results)  # fmt: skip
+    assert results["releases"]["selftest"]["7.0"]["median"] > 0
     assert results["region"]["write_1M"]["ratio"] > 0
     assert results["attr"]["read_active"]["ratio_floor"] > 0
 
@@ -51,7 +59,7 @@ def test_bench_smoke_prints_every_figure_and_writes_json(tmp_path):
 def test_stress_runs_every_campaign_and_reports_totals():
     r = run_script(
         "stress.py", "--writes", "600", "--fuzz-rounds", "1", "--sequences", "5",
-        "--cycles", "2", "--seed", "1",
+        "--cycles", "2", "--luo-messages", "300", "--mainline-writes", "100", "--seed", "1",
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     totals = dict(line.split(":", 1) for line in r.stdout.splitlines()[-5:] if ":" in line)

@@ -1258,6 +1258,7 @@ RELEASES: Final[Mapping[str, tuple[str | None, str]]] = {
     "6.18": ("6.18", "6.18.0"),
     "6.19": ("6.19", "6.19.0"),
     "7.0": ("6.19", "7.0.0"),
+    "7.2": ("blob", "7.2.13"),
 }
 V4_SUFFIX: Final = "-kho-v4"
 
@@ -1268,12 +1269,14 @@ def linux_version_prefix(release: str) -> str:
 
 
 def release_for_version(version: str) -> tuple[str, bool] | None:
-    """Which release a kernel version string boots (§15.1 Decision): (release, above_7_0).
+    """Which release a kernel version string boots (§15.1 Decision): (release, noted).
 
     The release word is the first word of ``version``. A word ending in ``-kho-v4`` is the v4
     series; otherwise major.minor decides: a known mainline release by name, below 6.16 →
-    ``6.12``, above 7.0 → ``7.0`` with ``above_7_0`` True (the kernel then logs a ``kho-fs:``
-    line saying so). None when no ``major.minor`` can be read.
+    ``6.12``, above the newest (7.2) → ``7.2`` with ``noted`` True (the kernel then logs a
+    ``kho-fs:`` line saying so), 7.1 (between 7.0 and 7.2, not modelled) → ``7.2`` with a
+    note (issue 13 decision: 7.1's KHO belongs to the stateless/blob eras of §0). None when
+    no ``major.minor`` can be read.
     """
     words = version.split()
     if not words:
@@ -1286,13 +1289,15 @@ def release_for_version(version: str) -> tuple[str, bool] | None:
         return None
     major, minor = int(match.group(1)), int(match.group(2))
     name = f"{major}.{minor}"
-    if (major, minor) > (7, 0):
-        return "7.0", True
+    if (major, minor) > (7, 2):
+        return "7.2", True
     if (major, minor) < (6, 16):
         return "6.12", False
     if name in RELEASES:
         return name, False
-    return None  # unreachable with the releases of §15.1 (6.16–6.19, 7.0)
+    if (major, minor) == (7, 1):
+        return "7.2", True
+    return None  # unreachable with the releases of §15.1 (6.16–6.19, 7.0) and 7.2
 
 
 def parse_bzimage_version(data: bytes) -> str | None:
@@ -1369,3 +1374,182 @@ def make_bzimage(version: str, size: int) -> bytes:
     struct.pack_into("<I", image, 0x260, max(PAGE_SIZE, -(-payload // PAGE_SIZE) * PAGE_SIZE))
     image[_BZ_VERSION_OFFSET : _BZ_VERSION_OFFSET + len(encoded)] = encoded
     return bytes(image)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blob era (§0 "blob", §5.1 v3/v4, §5.2, §6.3, §9): Linux 7.2
+# ---------------------------------------------------------------------------------------------
+# Written from the spec and from Linux 7.2.13 include/linux/kho/abi/kexec_handover.h,
+# include/linux/kho/abi/kexec_metadata.h and kernel/liveupdate/kexec_handover.c, and pinned to
+# the bytes a real 7.2.13 kernel showed (shared/spec/transcripts/linux-7.2.13-kho-luo.txt).
+
+BLOB_ROOT_COMPATIBLE: Final = "kho-v4"
+BLOB_DATA_PROP: Final = "preserved-data"
+BLOB_SIZE_PROP: Final = "blob-size"
+KEXEC_METADATA_NAME: Final = "kexec-metadata"
+#: ``struct kho_kexec_metadata`` (packed, LE): u32 version (1), char[65] release, u32 count.
+KEXEC_METADATA_SIZE: Final = 73
+#: 7.2 SCRATCH_ALIGNMENT_BYTES = PAGE_SIZE * MAX_ORDER_NR_PAGES (order 10): 4 MiB.
+BLOB_SCRATCH_ALIGN: Final = PAGE_SIZE << 10
+RADIX_ORDER_0_BIT: Final = 52  # §6.3: 64 - PAGE_SHIFT
+RADIX_LEVELS: Final = 6  # levels 5..1 are tables, level 0 the bitmap
+
+
+def radix_key(phys: int, order: int) -> int:
+    """§6.3: ``(1 << (52 − order)) OR (phys >> (12 + order))``."""
+    return (1 << (RADIX_ORDER_0_BIT - order)) | (phys >> (PAGE_SHIFT + order))
+
+
+def radix_unkey(key: int) -> tuple[int, int]:
+    """§6.3 decode: order = 52 − (highest set bit, counting from 1) + 1; phys = key << (12 +
+    order), the marker bit shifted out of the 64 bits."""
+    order = RADIX_ORDER_0_BIT - key.bit_length() + 1
+    return (key << (PAGE_SHIFT + order)) & U64_MASK, order
+
+
+def _radix_slot(key: int, level: int) -> int:
+    # §6.3: key bits 59–51, 50–42, 41–33, 32–24, 23–15 select the slots of levels 5 to 1.
+    return (key >> (15 + 9 * (level - 1))) & 511
+
+
+def encode_radix_tree(
+    blocks: Iterable[tuple[int, int]],
+    alloc_page: Callable[[], int],
+    write: Callable[[int, bytes], None],
+) -> int:
+    """Write the §6.3 radix tree of ``(phys, order)`` blocks into zeroed pages; its root.
+
+    Every node is a fresh page from ``alloc_page`` (whose content must read as zero); table
+    entries are LE u64 addresses, a leaf is a 32768-bit bitmap (bit b = byte b/8, bit b%8).
+    """
+    root = alloc_page()
+    tables: dict[int, dict[int, int]] = {root: {}}
+    leaves: dict[int, bytearray] = {}
+    for phys, order in blocks:
+        key = radix_key(phys, order)
+        node = root
+        for level in range(RADIX_LEVELS - 1, 0, -1):
+            slot = _radix_slot(key, level)
+            child = tables[node].get(slot)
+            if child is None:
+                child = alloc_page()
+                tables[node][slot] = child
+                write(node + 8 * slot, _le64(child))
+                if level == 1:
+                    leaves[child] = bytearray(PAGE_SIZE)
+                else:
+                    tables[child] = {}
+            node = child
+        bit = key & 0x7FFF
+        leaves[node][bit // 8] |= 1 << (bit % 8)
+    for leaf, bits in leaves.items():
+        write(leaf, bytes(bits))
+    return root
+
+
+def decode_radix_tree(read: Callable[[int, int], bytes], root: int) -> list[tuple[int, int]]:
+    """Every ``(phys, order)`` the §6.3 tree at ``root`` holds, in the kernel's walk order
+    (``kho_radix_walk_tree``: slots ascending at each level, then leaf bits ascending — so
+    higher orders, whose keys are smaller, come first)."""
+    out: list[tuple[int, int]] = []
+
+    def walk(node: int, level: int, prefix: int) -> None:
+        page = read(node, PAGE_SIZE)
+        for slot in range(512):
+            (child,) = struct.unpack_from("<Q", page, 8 * slot)
+            if not child:
+                continue
+            key = prefix | (slot << (15 + 9 * (level - 1)))
+            if level == 1:
+                bits = read(child, PAGE_SIZE)
+                for b in range(PAGE_SIZE * 8):
+                    if bits[b // 8] >> (b % 8) & 1:
+                        out.append(radix_unkey(key | b))
+            else:
+                walk(child, level - 1, key)
+
+    walk(root, RADIX_LEVELS - 1, 0)
+    return out
+
+
+def root_fdt_blob(mem_map: int, children: Sequence[tuple[str, int, int]]) -> bytes:
+    """The 7.2 root FDT after ``children`` = ``(name, phys, size)`` were ADDED in that order.
+
+    7.2 ``kho_out_fdt_setup`` (at ``kho_init``): the sequential writer with ``compatible``
+    ``kho-v4`` and ``preserved-memory-map`` = the radix root (non-zero from the start); then
+    per ``kho_add_subtree(name, blob, size)``: ``fdt_open_into(root, root, PAGE_SIZE)``,
+    ``fdt_add_subnode(root, 0, name)`` (first child: newest-first listing),
+    ``fdt_setprop(preserved-data, &phys, 8)``, ``fdt_setprop(blob-size, &size, 8)``,
+    ``fdt_pack``. Strings: ``preserved-memory-map\0compatible\0preserved-data\0blob-size\0``.
+    """
+    buf = _root_seq_buffer(BLOB_ROOT_COMPATIBLE, mem_map, (), BLOB_DATA_PROP)
+    for name, phys, size in children:
+        _ok(libfdt.fdt_open_into(buf, buf, PAGE_SIZE))
+        off = libfdt.fdt_add_subnode(buf, 0, name)
+        if off == -libfdt.EXISTS:
+            raise OSError(errno.EEXIST, f"subtree {name!r} already exists")
+        _ok(off)
+        _ok(libfdt.fdt_setprop(buf, off, BLOB_DATA_PROP, _le64(phys), 8))
+        _ok(libfdt.fdt_setprop(buf, off, BLOB_SIZE_PROP, _le64(size), 8))
+        _ok(libfdt.fdt_pack(buf))
+    return _blob(buf)
+
+
+def decode_blob_root(blob: bytes) -> dict[str, Any]:
+    """A blob-era root (§5.1, §5.2): compatible list, map address, children in FDT order as
+    ``(name, preserved-data | None, blob-size | None)`` (None: missing or not 8 bytes)."""
+    base = decode_root_fdt(blob, child_prop=BLOB_DATA_PROP)
+    fdt = libfdt.Fdt(blob)
+    sizes = []
+    node = fdt.first_subnode(0, quiet=(libfdt.NOTFOUND,))
+    while node >= 0:
+        value = _getprop(fdt, node, BLOB_SIZE_PROP)
+        ok = value is not None and len(value) == 8
+        sizes.append(struct.unpack("<Q", value)[0] if ok else None)
+        node = fdt.next_subnode(node, quiet=(libfdt.NOTFOUND,))
+    base["children"] = [(n, a, z) for (n, a), z in zip(base["children"], sizes, strict=True)]
+    return base
+
+
+def kexec_metadata(release: str, count: int) -> bytes:
+    """The 73-byte ``kexec-metadata`` record (§5.2): LE u32 1, the release NUL-padded to 65
+    bytes (``strscpy``: at most 64 characters), LE u32 ``count``."""
+    name = release.encode()[:64]
+    return struct.pack("<I", 1) + name.ljust(65, b"\0") + struct.pack("<I", count & 0xFFFFFFFF)
+
+
+def kexec_metadata_line(release: str, count: int) -> str:
+    """The receiving kernel's line for that record (7.2 ``kho_in_kexec_metadata``, §16)."""
+    return f"KHO: exec from: {release} (count {count})"
+
+
+def scratch_sizes_blob(
+    *,
+    scale: int,
+    lowmem: int = 0,
+    global_size: int = 0,
+    pernode: int = 0,
+    k_low: int = 0,
+    k_all: int = 0,
+    k_nodes: Sequence[int],
+) -> list[int]:
+    """7.2 ``scratch_size_update`` / ``scratch_size_node``: as scratch_sizes, but the global
+    difference is taken before rounding and every size — explicit ones too — is rounded up
+    to 4 MiB (``SCRATCH_ALIGNMENT_BYTES``)."""
+    if scale:
+        low = (k_low * scale & U64_MASK) // 100
+        glob = ((k_all * scale & U64_MASK) // 100 - low) & U64_MASK
+        nodes = [(k * scale & U64_MASK) // 100 for k in k_nodes]
+    else:
+        low, glob, nodes = lowmem, global_size, [pernode] * len(k_nodes)
+    return [_round_up_u64(v, BLOB_SCRATCH_ALIGN) for v in (low, glob, *nodes)]
+
+
+#: 7.1+ ``reserve_mem=`` parser failures (§8), with the kernel's ``pr_err`` text.
+RESERVE_MEM_MALFORMED: Final = "reserve_mem: empty or malformed parameter"
+RESERVE_MEM_NO_ROOM: Final = "reserve_mem: no more room for reserved memory"
+RESERVE_MEM_ALLOC_FAILED: Final = "reserve_mem: memblock allocation failed"
+
+
+def reserve_mem_duplicate(name: str) -> str:
+    return f'reserve_mem: name "{name}" was already used'

@@ -8,7 +8,6 @@ the model built on the oracles start from something verified.
 from __future__ import annotations
 
 import errno
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -231,7 +230,6 @@ def test_root_fdt_6_19_duplicate_name_is_eexist() -> None:
     assert info.value.errno == errno.EEXIST
 
 
-@pytest.mark.skipif(shutil.which("dtc") is None, reason="dtc not installed")
 def test_root_fdts_parse_with_dtc(tmp_path: Path) -> None:
     for name, blob in {
         "seq": root_fdt("kho-v1", 0x1000, [("memblock", 0x2000)]),
@@ -885,8 +883,10 @@ def test_linux_version_prefixes() -> None:
         "6.18": "6.18.0",
         "6.19": "6.19.0",
         "7.0": "7.0.0",
+        "7.2": "7.2.13",
     }
     assert RELEASES["6.17"][0] == "6.16-fix" and RELEASES["7.0"][0] == "6.19"
+    assert RELEASES["7.2"][0] == "blob"
 
 
 @pytest.mark.parametrize(
@@ -900,7 +900,10 @@ def test_linux_version_prefixes() -> None:
         ("6.17.3-arch1-1", ("6.17", False)),
         ("6.19.0-1-amd64 (debian-kernel@lists.debian.org) #1", ("6.19", False)),
         ("7.0.0", ("7.0", False)),
-        ("7.2.13", ("7.0", True)),
+        ("7.2.13", ("7.2", False)),
+        ("7.2.13-amd64 (debian-kernel@lists.debian.org) #1", ("7.2", False)),
+        ("7.1.0", ("7.2", True)),
+        ("7.3.0-rc1", ("7.2", True)),
         ("garbage", None),
         ("", None),
     ],
@@ -925,7 +928,6 @@ def test_make_bzimage_round_trip() -> None:
     assert struct.unpack_from("<I", image, 0x260)[0] > 0
 
 
-@pytest.mark.skipif(shutil.which("file") is None, reason="file(1) not installed")
 def test_file_recognises_make_bzimage(tmp_path: Path) -> None:
     path = tmp_path / "bzImage"
     path.write_bytes(make_bzimage(DEBIAN_VERSION, 64 * 1024))
@@ -962,3 +964,89 @@ def test_parse_bzimage_version_rejections() -> None:
         make_bzimage("x" * 0x700, 8192)
     with pytest.raises(ValueError):
         make_bzimage("6.16.0", 0xA00)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blob era (Linux 7.2): the oracles against the bytes a real 7.2.13 kernel showed
+# ---------------------------------------------------------------------------------------------
+
+# a copy of shared/spec/transcripts
+TRANSCRIPTS = Path(__file__).resolve().parents[1] / "data" / "transcripts"
+TRANSCRIPT_7_2 = TRANSCRIPTS / "linux-7.2.13-kho-luo.txt"
+
+
+def _transcript_hex(marker: str, nth: int = 0) -> bytes:
+    lines = TRANSCRIPT_7_2.read_text().splitlines()
+    hits = [i for i, line in enumerate(lines) if line == f"=== HEX {marker}"]
+    i = hits[nth] + 1
+    while not all(c in "0123456789abcdef" for c in lines[i]):  # a console line in between
+        i += 1
+    return bytes.fromhex(lines[i])
+
+
+def test_blob_root_oracle_rebuilds_the_real_root() -> None:
+    from .mainline import decode_blob_root, root_fdt_blob
+
+    real = _transcript_hex("/sys/kernel/debug/kho/in/fdt")
+    decoded = decode_blob_root(real)
+    assert decoded["compatible"] == ["kho-v4"]
+    assert [c[0] for c in decoded["children"]] == ["memblock", "LUO", "kho_test", "kexec-metadata"]
+    assert root_fdt_blob(decoded["preserved_memory_map"], decoded["children"][::-1]) == real
+    # stage 1's out/fdt: the file kept the 233 bytes of root + kexec-metadata (§2.1, §16)
+    out = _transcript_hex("/sys/kernel/debug/kho/out/fdt")
+    assert len(out) == 233 == len(root_fdt_blob(1, decoded["children"][-1:]))
+    assert out == real[:233]
+
+
+def test_kexec_metadata_oracle_is_the_real_record() -> None:
+    from .mainline import kexec_metadata
+
+    assert _transcript_hex("/sys/kernel/debug/kho/out/sub_fdts/kexec-metadata") == kexec_metadata(
+        "7.2.13", 1
+    )
+    assert _transcript_hex("/sys/kernel/debug/kho/out/sub_fdts/kexec-metadata", 1) == (
+        kexec_metadata("7.2.13", 2)
+    )
+    assert len(kexec_metadata("x" * 80, 1)) == 73
+
+
+def test_radix_oracle_round_trip() -> None:
+    from .mainline import decode_radix_tree, encode_radix_tree, radix_key, radix_unkey
+
+    assert radix_key(0, 0) == 1 << 52 and radix_unkey(1 << 52) == (0, 0)
+    assert radix_unkey(radix_key(0x7C600000, 3)) == (0x7C600000, 3)
+    ram: dict[int, bytearray] = {}
+
+    def alloc() -> int:
+        addr = 0x1000 * (len(ram) + 1)
+        ram[addr] = bytearray(PAGE_SIZE)
+        return addr
+
+    def write(addr: int, data: bytes) -> None:
+        base = addr & ~0xFFF
+        ram[base][addr - base : addr - base + len(data)] = data
+
+    blocks = [(0x100000, 0), (0x101000, 0), (0x200000, 9), (1 << 45, 2)]
+    root = encode_radix_tree(blocks, alloc, write)
+    got = decode_radix_tree(lambda a, n: bytes(ram[a][:n]), root)
+    # walk order: higher orders (smaller keys) first, then ascending addresses
+    assert got == [(0x200000, 9), (1 << 45, 2), (0x100000, 0), (0x101000, 0)]
+    # root; order 0 (level-5 slot 2): 4 tables + leaf; orders 9 and 2 share level-5 slot 0
+    # and its level-4 node, then 3 tables + leaf each
+    assert len(ram) == 1 + 5 + 1 + 4 + 4
+
+
+def test_blob_scratch_sizes_oracle() -> None:
+    from .mainline import scratch_sizes_blob
+
+    # explicit sizes are rounded to 4 MiB too; scale mode subtracts before rounding
+    assert scratch_sizes_blob(scale=0, lowmem=1, global_size=0, pernode=5 << 20, k_nodes=[0]) == [
+        4 << 20,
+        0,
+        8 << 20,
+    ]
+    assert scratch_sizes_blob(scale=200, k_low=33 << 20, k_all=33 << 20, k_nodes=[33 << 20]) == [
+        68 << 20,
+        0,
+        68 << 20,
+    ]

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import errno
 import hashlib
+import itertools
 import json
 import os
 import struct
@@ -32,37 +33,71 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kho_fs import cli, daemon
+from kho_fs.model.builtin_drivers import DRIVERS
+from kho_fs.model.bzimage import make_bzimage
 from kho_fs.model.errors import KernelError
+from kho_fs.model.kho_blob import KhoBlobEra
+from kho_fs.model.kho_mainline import KhoMainline
 from kho_fs.model.machine import Machine
-from kho_fs.state import MAGIC, save_machine
+from kho_fs.model.releases import RELEASES
+from kho_fs.state import FORMAT_VERSION, MAGIC, save_machine
 from kho_fs.tree.nodes import Directory, File
 from kho_fs.tree.tree import NodeTree
 
 CMDLINE = "reserve_mem=1M:4096:oops kho=on kho_example.size=64K"
+MAINLINE_CMDLINE = "reserve_mem=1M:4096:oops kho=on liveupdate=on test_kho.max_mem=64K"
 DEEP = "__deeply_nested__"
 FieldPath = tuple[str | int, ...]
+#: The machines whose files are crafted: a v4 one, and mainline ones after a handover
+#: (incoming blobs, preserved runs, restored folios) or on their first boot (test_kho's
+#: folios), each finalized again (where the release has finalize) and with the next image
+#: loaded; 7.2 is the blob era (radix tree, kexec-metadata).
+RICH = ["v4", "6.16 handover", "6.18 first boot", "6.19 handover", "7.2 handover"]
 
 
 # -- a state file with every section filled in --------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def rich_state(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """A machine after a KHO handover (dt_fw, incoming FDT), active again (outgoing FDT)
-    and with the next image loaded: every field of the format holds something."""
-    with Machine.create(1 << 30, 2, CMDLINE) as m:
-        k = m.kernel
-        k.kho.active_store(b"1")
-        k.kexec.kexec_file_load(b"K" * 5000, b"I" * 300, k.cmdline)
-        m.kexec_exec()
-        k = m.kernel
-        region = m.region("oops")
-        assert region is not None
-        m.mem.write(region.start, b"region bytes")
-        k.kho.active_store(b"1")
-        k.kexec.kexec_file_load(b"K" * 3000, None, k.cmdline)
-        path = tmp_path_factory.mktemp("state") / "rich.state"
-        save_machine(m, path)
+def build_rich_state(kind: str, path: Path) -> bytes:
+    """A state file in which every field of the format holds something (see RICH)."""
+    if kind == "v4":
+        with Machine.create(1 << 30, 2, CMDLINE) as m:
+            k = m.kernel
+            k.kho.active_store(b"1")
+            k.kexec.kexec_file_load(b"K" * 5000, b"I" * 300, k.cmdline)
+            m.kexec_exec()
+            k = m.kernel
+            region = m.region("oops")
+            assert region is not None
+            m.mem.write(region.start, b"region bytes")
+            k.kho.active_store(b"1")
+            k.kexec.kexec_file_load(b"K" * 3000, None, k.cmdline)
+            save_machine(m, path)
+    else:
+        release, when = kind.split(" ", 1)
+        image = make_bzimage(RELEASES[release], 4096)
+        drivers = [DRIVERS["test_kho"]]
+        finalize = RELEASES[release].has_finalize
+        with Machine.create(1 << 30, 2, MAINLINE_CMDLINE, drivers, release) as m:
+            if finalize:
+                m.kernel.kho.finalize_store(1)
+            if when == "handover":
+                m.kernel.kexec.kexec_file_load(image, b"I" * 300, m.kernel.cmdline)
+                m.kexec_exec()
+                assert "test_kho: KHO restore succeeded" in m.kernel.log.lines()
+                region = m.region("oops")
+                assert region is not None
+                m.mem.write(region.start, b"region bytes")
+                if finalize:
+                    m.kernel.kho.finalize_store(1)
+            kho = m.kernel.kho
+            assert isinstance(kho, KhoMainline)
+            if finalize:
+                assert kho.finalized and kho._track is not None
+            else:
+                assert isinstance(kho, KhoBlobEra) and kho.radix is not None
+            m.kernel.kexec.kexec_file_load(image, None, m.kernel.cmdline)
+            save_machine(m, path)
     meta, rest = split(path.read_bytes())
     # Keep the blobs, drop the RAM chunks (megabytes the metadata cases do not need).
     (nblobs,) = struct.unpack_from("<I", rest)
@@ -71,6 +106,21 @@ def rich_state(tmp_path_factory: pytest.TempPathFactory) -> bytes:
         (n,) = struct.unpack_from("<Q", rest, end)
         end += 8 + n
     return join(json.dumps(meta).encode(), rest[:end] + struct.pack("<QI", (1 << 64) - 1, 0))
+
+
+@pytest.fixture(scope="module", params=RICH)
+def rich_state(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return build_rich_state(request.param, tmp_path_factory.mktemp("state") / "rich.state")
+
+
+@pytest.fixture(scope="module")
+def rich_v4(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return build_rich_state("v4", tmp_path_factory.mktemp("state") / "v4.state")
+
+
+@pytest.fixture(scope="module")
+def rich_mainline(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return build_rich_state("6.16 handover", tmp_path_factory.mktemp("state") / "6.16.state")
 
 
 def split(data: bytes) -> tuple[dict[str, Any], bytes]:
@@ -82,7 +132,7 @@ def split(data: bytes) -> tuple[dict[str, Any], bytes]:
 
 def join(raw_meta: bytes, rest: bytes) -> bytes:
     """A state file around ``raw_meta`` with a valid checksum."""
-    body = MAGIC + struct.pack("<IQ", 1, len(raw_meta)) + raw_meta + rest
+    body = MAGIC + struct.pack("<IQ", FORMAT_VERSION, len(raw_meta)) + raw_meta + rest
     return body + hashlib.sha256(body).digest()
 
 
@@ -125,9 +175,12 @@ def deleted(meta: dict[str, Any], path: FieldPath) -> dict[str, Any]:
     return out
 
 
-def driver_owned(path: FieldPath) -> bool:
-    """Inside a driver's own state (``kernel.drivers[i][1]``): the driver checks it."""
-    return path[:2] == ("kernel", "drivers") and len(path) > 3 and path[3] == 1
+def driver_owned(meta: dict[str, Any], path: FieldPath) -> bool:
+    """Inside kho_example's own state (``kernel.drivers[i][1]``): that driver checks it
+    loosely (test_kho's state is checked as strictly as the rest)."""
+    if path[:2] != ("kernel", "drivers") or len(path) <= 3 or path[3] != 1:
+        return False
+    return bool(meta["kernel"]["drivers"][path[2]][0] == "kho_example")
 
 
 def bad_values(old: object) -> list[object]:
@@ -150,7 +203,7 @@ def must_refuse(path: FieldPath, old: object, new: object) -> bool:
     if new == DEEP or isinstance(new, float) or new in (1 << 64, 10**30):
         return True
     if type(old) is int and new == -1:
-        return path[-1] != 3 or "memblock" not in path  # only a memblock nid may be -1
+        return path[-1] != 3 or path[:2] != ("kernel", "memblock")  # only a nid may be -1
     if type(old) is int and not isinstance(new, int):  # blob indices may be null
         nullable = path[-1] in ("boot_params", "fdt", "fdt_in", "dt_fw") or (
             "segments" in path and path[-1] == 1
@@ -274,11 +327,69 @@ def test_every_machine_the_model_makes_is_accepted(cmdline, tmp_path, mount_in_p
                 assert outcome(mount_in_process, path.read_bytes()) == "accepted"
 
 
+MAINLINE_MACHINE_RELEASES = ["6.12", "6.16", "6.17", "6.18", "6.19", "7.2"]
+MAINLINE_MACHINE_CMDLINES = [
+    "kho=on kho_scratch=0%",  # empty scratch areas
+    "kho=on kho_scratch=1K,1K,1K",  # the handover boot stops in scratch-only mode
+    "kho=off reserve_mem=1M:4096:a",
+    "kho=on kho_scratch=200G,1G,1G",  # no scratch at all
+    "",
+    MAINLINE_CMDLINE,
+]
+# CI: every release with two command lines, every command line with two releases;
+# KHO_FS_STATE_FULL=1 runs the whole product (36 cases, several minutes)
+MAINLINE_MACHINE_CASES = (
+    list(itertools.product(MAINLINE_MACHINE_RELEASES, MAINLINE_MACHINE_CMDLINES))
+    if os.environ.get("KHO_FS_STATE_FULL")
+    else [
+        (r, MAINLINE_MACHINE_CMDLINES[(i + k) % 6])
+        for i, r in enumerate(MAINLINE_MACHINE_RELEASES)
+        for k in (0, 3)
+    ]
+)
+
+
+@pytest.mark.parametrize(("release", "cmdline"), MAINLINE_MACHINE_CASES)
+def test_every_mainline_machine_the_model_makes_is_accepted(
+    release, cmdline, tmp_path, mount_in_process
+):
+    """The same for 6.12, the mainline releases and the blob era with test_kho: finalized,
+    aborted, loaded, after a handover, after a kexec into another release, after a
+    reboot."""
+    other = make_bzimage(RELEASES["6.19" if release != "6.19" else "6.17"], 4096)
+
+    def finalize(value: int) -> None:
+        kho = m.kernel.kho
+        if isinstance(kho, KhoMainline) and kho.debugfs and m.kernel.panic is None:
+            kho.finalize_store(value)  # only through debugfs, as the mount does
+
+    with Machine.create(1 << 30, 2, cmdline, [DRIVERS["test_kho"]], release) as m:
+        steps: list[Callable[[], object]] = [
+            lambda: finalize(1),
+            lambda: m.kernel.kexec.kexec_file_load(
+                b"K" * 5000, None, "kho=on reserve_mem=2M:4096:b test_kho.max_mem=64K"
+            ),
+            m.kexec_exec,
+            lambda: finalize(1),
+            lambda: m.kernel.kexec.kexec_file_load(other, b"I", m.kernel.cmdline),
+            lambda: finalize(0),
+            lambda: finalize(1),
+            m.kexec_exec,
+            lambda: m.kernel.kexec.kexec_load(b"K" * 3000, None, m.kernel.cmdline),
+        ]
+        for step in [*steps, m.reboot, *steps[:2]]:
+            with contextlib.suppress(KernelError):  # no KHO, a stopped boot...
+                step()
+            path = tmp_path / "model.state"
+            save_machine(m, path)
+            assert outcome(mount_in_process, path.read_bytes()) == "accepted"
+
+
 def test_every_field_with_a_bad_value_or_missing_is_refused(rich_state, mount_in_process):
     meta, rest = split(rich_state)
     cases = 0
     for path, old in list(leaves(meta)):
-        if not path or driver_owned(path):
+        if not path or driver_owned(meta, path):
             continue
         if isinstance(path[-1], str):  # a missing key
             result = outcome(mount_in_process, join(encode(deleted(meta, path)), rest))
@@ -324,10 +435,188 @@ def test_every_field_with_a_bad_value_or_missing_is_refused(rich_state, mount_in
         (lambda m: [m], "metadata is not an object"),
     ],
 )
-def test_crafted_values_are_refused_with_the_field_named(
-    rich_state, mount_in_process, mutate, reason
+def test_crafted_values_are_refused_with_the_field_named(rich_v4, mount_in_process, mutate, reason):
+    meta, rest = split(rich_v4)
+    code, err = mount_in_process(join(encode(mutate(meta)), rest))
+    check_refused(code, err)
+    assert reason in err, err
+
+
+def kho_of(meta: dict[str, Any]) -> dict[str, Any]:
+    return meta["kernel"]["kho"]  # type: ignore[no-any-return]
+
+
+def free_page(meta: dict[str, Any]) -> int:
+    """A page the page allocator has not handed out."""
+    return int(meta["kernel"]["pages"]["free"][0][0])
+
+
+def test_kho_state(meta: dict[str, Any]) -> dict[str, Any]:
+    return meta["kernel"]["drivers"][0][1]  # type: ignore[no-any-return]
+
+
+test_kho_state.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda m: replaced(m, ("kernel", "release"), "9.9"), "kernel.release names no release"),
+        (lambda m: replaced(m, ("machine", "cold_release"), "v5"), "machine.cold_release"),
+        (lambda m: replaced(m, ("kernel", "pages"), None), "although the kernel is running"),
+        (
+            lambda m: replaced(m, ("kernel", "pages", "allocated", 0, 0), free_page(m) + 1),
+            "kernel.pages.allocated[0] is not aligned",
+        ),
+        (
+            lambda m: replaced(m, ("kernel", "pages", "free", 0), [4096, 8192]),
+            "hands out memory memblock kept",
+        ),
+        (
+            lambda m: replaced(
+                m, ("kernel", "pages", "allocated"), m["kernel"]["pages"]["allocated"] * 2
+            ),
+            "repeats a block",
+        ),
+        (
+            lambda m: replaced(m, ("kernel", "kho", "fdt_page"), free_page(m)),
+            "kernel.kho.fdt_page is not a block of order 0 the kernel allocated",
+        ),
+        (
+            lambda m: replaced(m, ("kernel", "kho", "out_fdt", 1), kho_of(m)["fdt_in_phys"]),
+            "kernel.kho.out_fdt is not the root FDT page",
+        ),
+        (
+            lambda m: replaced(m, ("kernel", "kho", "in_sub_fdts", 0, 3), 1),
+            "kernel.kho.serial does not match",
+        ),
+        (lambda m: replaced(m, ("kernel", "kho", "serial"), 2), "kernel.kho.serial"),
+        (
+            lambda m: replaced(m, ("kernel", "kho", "track", "orders", 0, 1, 0, 1), free_page(m)),
+            "kernel.kho.track.orders[0][1][0][1] is not a block",
+        ),
+        (
+            lambda m: replaced(
+                m, ("kernel", "kho", "track", "slab", 0), kho_of(m)["track"]["orders"][0][1][0][1]
+            ),
+            "is used twice",
+        ),
+        (
+            lambda m: replaced(m, ("kernel", "kho", "track", "slab", 0), free_page(m) + 512),
+            "kernel.kho.track.slab[0] is not a block",
+        ),
+        (lambda m: replaced(m, ("kernel", "kho", "participants"), ["memblock"] * 2), "twice"),
+        (
+            lambda m: replaced(m, ("kernel", "kho", "participants"), ["kho_example"]),
+            "participant 'kho_example', which is not available",
+        ),
+        (
+            lambda m: replaced(m, ("kernel", "kho", "memblock"), None),
+            "participant 'memblock', which is not available",
+        ),
+        (
+            lambda m: replaced(m, ("kernel", "kho", "preserved_runs", 0), [(1 << 64) - 1, 2, 0]),
+            "ends past 2^64",
+        ),
+        (lambda m: replaced(m, ("kernel", "kho", "scratch_table"), 1 << 50), "is not RAM"),
+        (lambda m: replaced(m, ("kernel", "kho", "fdt_in_len"), 1 << 31), "is not RAM"),
+        (
+            lambda m: replaced(m, ("kernel", "kho", "restored", 1), -4096),
+            "kernel.kho.restored[1] is out of range",
+        ),
+        (
+            lambda m: replaced(m, ("kernel", "kho", "restored"), kho_of(m)["restored"] * 2),
+            "repeats an address",
+        ),
+        (lambda m: replaced(m, ("kernel", "drivers"), []), "drivers the kernel runs (test_kho)"),
+        (
+            lambda m: replaced(m, ("kernel", "drivers", 0, 1, "folios"), [[free_page(m), 0]]),
+            "refused by driver 'test_kho': ValueError: folios[0]",
+        ),
+        (
+            lambda m: replaced(m, ("kernel", "drivers", 0, 1, "csum"), 1 << 32),
+            "csum is not an integer",
+        ),
+        (
+            lambda m: deleted(m, ("kernel", "drivers", 0, 1, "max_mem")),
+            "kernel.drivers[0][1] is refused by driver 'test_kho': ValueError: max_mem missing",
+        ),
+        (lambda m: replaced(m, ("kernel", "kexec", "release", 0), "6.99"), "names no release"),
+        (lambda m: replaced(m, ("kernel", "kexec", "kho_fdt_phys"), 1 << 50), "is not RAM"),
+        (lambda m: replaced(m, ("kernel", "boot", "notes"), ["a\nb"]), "NUL or newline"),
+    ],
+)
+def test_crafted_mainline_values_are_refused_with_the_field_named(
+    rich_mainline, mount_in_process, mutate, reason
 ):
-    meta, rest = split(rich_state)
+    meta, rest = split(rich_mainline)
+    code, err = mount_in_process(join(encode(mutate(meta)), rest))
+    check_refused(code, err)
+    assert reason in err, err
+
+
+@pytest.fixture(scope="module")
+def rich_blob(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return build_rich_state("7.2 handover", tmp_path_factory.mktemp("state") / "7.2.state")
+
+
+def radix_of(meta: dict[str, Any]) -> dict[str, Any]:
+    return meta["kernel"]["kho"]["blob"]["radix"]  # type: ignore[no-any-return]
+
+
+def radix_root_table(meta: dict[str, Any]) -> int:
+    radix = radix_of(meta)
+    return next(i for i, t in enumerate(radix["tables"]) if t[0] == radix["root"])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (
+            lambda m: replaced(m, ("kernel", "kho", "blob", "radix", "root"), free_page(m)),
+            "kernel.kho.blob.radix.root is not a block",
+        ),
+        (
+            lambda m: replaced(
+                m, ("kernel", "kho", "blob", "radix", "leaves"), radix_of(m)["leaves"] * 2
+            ),
+            "repeats a page",
+        ),
+        (
+            lambda m: replaced(m, ("kernel", "kho", "blob", "radix", "leaves"), []),
+            "where a level-0 node belongs",
+        ),
+        (
+            lambda m: replaced(
+                m,
+                ("kernel", "kho", "blob", "radix", "tables", radix_root_table(m), 1, 0, 1),
+                radix_of(m)["leaves"][0],
+            ),
+            "where a level-4 node belongs",
+        ),
+        (
+            lambda m: replaced(
+                m,
+                ("kernel", "kho", "blob", "radix", "tables", radix_root_table(m), 1, 0, 0),
+                512,
+            ),
+            "is out of range",
+        ),
+        (
+            lambda m: replaced(m, ("kernel", "kho", "blob", "metadata_phys"), free_page(m)),
+            "kernel.kho.blob.metadata_phys is not a block",
+        ),
+        (
+            lambda m: replaced(m, ("kernel", "kho", "blob", "previous_release"), "x" * 65),
+            "longer than 64 bytes",
+        ),
+        (lambda m: deleted(m, ("kernel", "kho", "blob")), "kernel.kho.blob is missing"),
+    ],
+)
+def test_crafted_blob_era_values_are_refused_with_the_field_named(
+    rich_blob, mount_in_process, mutate, reason
+):
+    meta, rest = split(rich_blob)
     code, err = mount_in_process(join(encode(mutate(meta)), rest))
     check_refused(code, err)
     assert reason in err, err
@@ -337,8 +626,8 @@ def test_crafted_values_are_refused_with_the_field_named(
     "raw",
     [b"", b"{", b"\xff\xfe", b"NaN", b'{"machine": 1e999}', b"[" * 5000 + b"]" * 5000],
 )
-def test_metadata_that_is_not_json_is_refused(rich_state, mount_in_process, raw):
-    _, rest = split(rich_state)
+def test_metadata_that_is_not_json_is_refused(rich_v4, mount_in_process, raw):
+    _, rest = split(rich_v4)
     code, err = mount_in_process(join(raw, rest))
     check_refused(code, err)
 
@@ -361,8 +650,9 @@ def test_fuzzed_metadata_is_refused_or_gives_a_usable_machine(rich_state, mount_
     outcome(mount_in_process, join(encode(replaced(meta, path, data.draw(JSON))), rest))
 
 
-def test_the_real_command_refuses_crafted_files(rich_state, tmp_path):
-    meta, rest = split(rich_state)
+@pytest.mark.parametrize("rich", ["rich_v4", "rich_mainline"])
+def test_the_real_command_refuses_crafted_files(rich, request, tmp_path):
+    meta, rest = split(request.getfixturevalue(rich))
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     for i, mutated in enumerate(
@@ -371,6 +661,8 @@ def test_the_real_command_refuses_crafted_files(rich_state, tmp_path):
             replaced(meta, ("kernel", "reserve_mem", 0, 2), -1),
             deleted(meta, ("kernel", "kho")),
             replaced(meta, ("kernel", "memblock", "current_limit"), 1e400),
+            replaced(meta, ("kernel", "release"), "6.15"),
+            replaced(meta, ("kernel", "pages", "free"), [[0, 1 << 20]]),
         ]
     ):
         state = tmp_path / f"crafted-{i}.state"
