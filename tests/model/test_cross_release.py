@@ -28,6 +28,8 @@ import itertools
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kho_fs.matrix import MATRIX_RELEASES, run_cell
 from kho_fs.model.bzimage import bzimage_version, image_release, make_bzimage
@@ -170,48 +172,47 @@ def test_kexec_load_carries_no_handover(sender: str) -> None:
         assert "Revived memory reservation 'oops' from KHO" not in m.kernel.log.lines()
 
 
-def test_random_release_chains_never_crash_and_keep_compatible_bytes() -> None:
-    """Random chains of kexecs, each into a random release: no exception ever, and where
-    both kernels share the reserve_mem handover (same family), the region keeps its
-    address and bytes."""
-    rng = random.Random(11)
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from(MATRIX_RELEASES), min_size=2, max_size=6))
+def test_random_release_chains_never_crash_and_keep_compatible_bytes(chain: list[str]) -> None:
+    """Hypothesis draws the release of every boot of a chain of kexecs: no exception ever,
+    and where both kernels share the reserve_mem handover (same family), the region keeps
+    its address and bytes."""
     cmd = "console=ttyS0 kho=on reserve_mem=4M:4096:log"
     family = {"v4": "v4", "7.2": "blob", **{r: "mainline" for r in MAINLINE}}
-    for _ in range(12):
-        first = rng.choice(MATRIX_RELEASES)
-        with Machine.create(memory=1 << 30, cmdline=cmd, release=first) as m:
-            for step in range(5):
-                k = m.kernel
-                region = m.region("log")
-                assert region is not None
-                payload = f"step {step} of {k.release.name}".encode()
-                k.mem.write(region.start, payload)
-                kho = k.kho
-                activated = True
-                try:
-                    if kho.kind == "v4" and kho.kho_enable:  # type: ignore[union-attr]
-                        kho.active_store(b"1")  # type: ignore[union-attr]
-                    elif (
-                        kho.kind == "mainline"
-                        and kho.kho_enable  # type: ignore[union-attr]
-                        and k.release.has_finalize
-                    ):
-                        kho.finalize_store(1)  # type: ignore[union-attr]
-                except KernelError as exc:
-                    # A region allocated afresh inside scratch on a handover boot (its
-                    # revival failed) cannot be preserved from 6.18 on (spec §7.2, derived)
-                    assert exc.errno == errno.EINVAL
-                    assert any(
-                        "Failed to convert KHO state tree: -22" in line for line in k.log.lines()
-                    )
-                    activated = False
-                target = rng.choice(MATRIX_RELEASES)
-                k.kexec.kexec_file_load(make_bzimage(RELEASES[target], 16 << 10), None, cmd)
-                m.kexec_exec()
-                assert m.kernel.panic is None and m.kernel.release.name == target
-                after = m.region("log")
-                assert after is not None
-                same = family.get(k.release.name) == family.get(target) is not None
-                if same and activated:
-                    assert after.start == region.start
-                    assert m.kernel.mem.read(after.start, len(payload)) == payload
+    first, targets = chain[0], chain[1:]
+    with Machine.create(memory=1 << 30, cmdline=cmd, release=first) as m:
+        for step, target in enumerate(targets):
+            k = m.kernel
+            region = m.region("log")
+            assert region is not None
+            payload = f"step {step} of {k.release.name}".encode()
+            k.mem.write(region.start, payload)
+            kho = k.kho
+            activated = True
+            try:
+                if kho.kind == "v4" and kho.kho_enable:  # type: ignore[union-attr]
+                    kho.active_store(b"1")  # type: ignore[union-attr]
+                elif (
+                    kho.kind == "mainline"
+                    and kho.kho_enable  # type: ignore[union-attr]
+                    and k.release.has_finalize
+                ):
+                    kho.finalize_store(1)  # type: ignore[union-attr]
+            except KernelError as exc:
+                # A region allocated afresh inside scratch on a handover boot (its
+                # revival failed) cannot be preserved from 6.18 on (spec §7.2, derived)
+                assert exc.errno == errno.EINVAL
+                assert any(
+                    "Failed to convert KHO state tree: -22" in line for line in k.log.lines()
+                )
+                activated = False
+            k.kexec.kexec_file_load(make_bzimage(RELEASES[target], 16 << 10), None, cmd)
+            m.kexec_exec()
+            assert m.kernel.panic is None and m.kernel.release.name == target
+            after = m.region("log")
+            assert after is not None
+            same = family.get(k.release.name) == family.get(target) is not None
+            if same and activated:
+                assert after.start == region.start
+                assert m.kernel.mem.read(after.start, len(payload)) == payload
