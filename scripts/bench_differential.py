@@ -37,7 +37,8 @@ def section_differential(args: argparse.Namespace, results: dict[str, object]) -
             "median": statistics.median(emu_times),
             "max": max(emu_times),
         }
-        if kernel is not None:
+        # the real side (QEMU) only in a full run, and only where the oracle scripts are
+        if kernel is not None and not args.smoke and (d.ORACLE_DIR / "run.sh").exists():
             t0 = time.perf_counter()
             for s in scenarios:
                 real = d.normalise(d.run_real(s, kernel, work / f"{s.name}.log"), s)
