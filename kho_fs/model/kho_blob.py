@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import errno
 import struct
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kho_fs.model.dmesg import KERN_ERR, KERN_INFO, KERN_WARNING
 from kho_fs.model.errors import KernelError
 from kho_fs.model.fdt import FdtSw, fdt_check_header, fdt_header_totalsize
-from kho_fs.model.kho import KhoMem, kho_mem_pack, kho_mem_unpack
+from kho_fs.model.kho import kho_mem_unpack
 from kho_fs.model.kho_mainline import (
     ARCH_LOW_ADDRESS_LIMIT,
     FDT_ERR_TRUNCATED,
@@ -44,7 +43,7 @@ from kho_fs.model.kho_mainline import (
     errname,
 )
 from kho_fs.model.kho_radix import KhoRadixTree, walk_radix_runs
-from kho_fs.model.memblock import MEMBLOCK_ALLOC_ACCESSIBLE, NUMA_NO_NODE
+from kho_fs.model.memblock import NUMA_NO_NODE
 from kho_fs.model.memblock_kho import MEMBLOCK_KHO_FDT, MemblockKho, build_memblock_fdt
 from kho_fs.model.units import PAGE_SIZE, U64_MASK, hex_, round_up
 
@@ -278,65 +277,12 @@ class KhoBlobEra(KhoMainline):
             size = self.scratch_size_pernode
         return round_up(size, SCRATCH_ALIGNMENT_BYTES)
 
-    def kho_reserve_scratch(self) -> None:
-        """Table, low-memory, global, one area per node with memory (7.2 messages)."""
-        if not self.kho_enable:
-            return
-        self._scratch_size_update()
-        mb = self.kernel.memblock
-        nodes = [n for n in self.kernel.online_nodes() if self.kernel.mem.node_size(n)]
-        count = len(nodes) + 2
-        table = mb.memblock_phys_alloc(count * KHO_SCRATCH_SIZE, PAGE_SIZE)
-        areas: list[KhoMem] = []
-        failure = None
-        align = SCRATCH_ALIGNMENT_BYTES
-        if not table:
-            failure = "KHO: Failed to reserve scratch array"
-        else:
-            plan: list[tuple[int, Callable[[int], int], str]] = [
-                (
-                    self.scratch_size_lowmem,
-                    lambda s: mb.memblock_phys_alloc_range(s, align, 0, ARCH_LOW_ADDRESS_LIMIT),
-                    "KHO: Failed to reserve lowmem scratch buffer",
-                ),
-                (
-                    self.scratch_size_global,
-                    lambda s: mb.memblock_phys_alloc(s, align),
-                    "KHO: Failed to reserve global scratch buffer",
-                ),
-            ]
-            for nid in nodes:
-                plan.append(
-                    (
-                        self._scratch_size_node(nid),
-                        lambda s, nid=nid: mb.memblock_alloc_range_nid(  # type: ignore[misc]
-                            s, align, 0, MEMBLOCK_ALLOC_ACCESSIBLE, nid, True
-                        ),
-                        f"KHO: Failed to reserve nid {nid} scratch buffer",
-                    )
-                )
-            for size, alloc, message in plan:
-                addr = alloc(size)
-                if not addr:
-                    failure = message
-                    break
-                areas.append(KhoMem(addr, size))
-        if failure is not None:
-            self.printk(failure, KERN_ERR)
-            for area in reversed(areas):
-                mb.memblock_phys_free(area.addr, area.size)
-            if table:
-                mb.memblock_phys_free(table, count * KHO_SCRATCH_SIZE)
-            self.printk(
-                "KHO: Failed to reserve scratch area, disabling kexec handover", KERN_WARNING
-            )
-            self.kho_enable = False
-            return
-        self.scratch = areas
-        self.scratch_table = table
-        self.kernel.mem.write(table, kho_mem_pack(areas))
+    scratch_align = SCRATCH_ALIGNMENT_BYTES
 
-    # -- kho_init (fs_initcall) ---------------------------------------------------------------
+    def _scratch_nodes(self) -> list[int]:
+        """7.2 gives scratch to nodes with memory only."""
+        return [n for n in self.kernel.online_nodes() if self.kernel.mem.node_size(n)]
+
     def kho_init(self) -> None:
         if not self.kho_enable:
             return

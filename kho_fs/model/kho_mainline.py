@@ -237,6 +237,13 @@ class KhoMainline:
             size = self.scratch_size_pernode
         return round_up(size, CMA_MIN_ALIGNMENT_BYTES) & U64_MASK
 
+    #: alignment of every scratch area (a pageblock; 7.2: a MAX_PAGE_ORDER block)
+    scratch_align = CMA_MIN_ALIGNMENT_BYTES
+
+    def _scratch_nodes(self) -> list[int]:
+        """The nodes that get a scratch area."""
+        return self.kernel.online_nodes()
+
     def kho_reserve_scratch(self) -> None:
         """Table, low-memory area, global area, one area per node; any failure frees
         everything and disables KHO (spec §3.3)."""
@@ -244,7 +251,7 @@ class KhoMainline:
             return
         self._scratch_size_update()
         mb = self.kernel.memblock
-        nodes = self.kernel.online_nodes()
+        nodes = self._scratch_nodes()
         count = len(nodes) + 2
         steps = self.release.scratch_step_messages
         table = mb.memblock_phys_alloc(count * KHO_SCRATCH_SIZE, PAGE_SIZE)
@@ -257,13 +264,13 @@ class KhoMainline:
                 (
                     self.scratch_size_lowmem,
                     lambda s: mb.memblock_phys_alloc_range(
-                        s, CMA_MIN_ALIGNMENT_BYTES, 0, ARCH_LOW_ADDRESS_LIMIT
+                        s, self.scratch_align, 0, ARCH_LOW_ADDRESS_LIMIT
                     ),
                     "KHO: Failed to reserve lowmem scratch buffer",
                 ),
                 (
                     self.scratch_size_global,
-                    lambda s: mb.memblock_phys_alloc(s, CMA_MIN_ALIGNMENT_BYTES),
+                    lambda s: mb.memblock_phys_alloc(s, self.scratch_align),
                     "KHO: Failed to reserve global scratch buffer",
                 ),
             ]
@@ -272,7 +279,7 @@ class KhoMainline:
                     (
                         self._scratch_size_node(nid),
                         lambda s, nid=nid: mb.memblock_alloc_range_nid(  # type: ignore[misc]
-                            s, CMA_MIN_ALIGNMENT_BYTES, 0, MEMBLOCK_ALLOC_ACCESSIBLE, nid, True
+                            s, self.scratch_align, 0, MEMBLOCK_ALLOC_ACCESSIBLE, nid, True
                         ),
                         f"KHO: Failed to reserve nid {nid} scratch buffer",
                     )
