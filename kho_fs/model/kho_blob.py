@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING
 from kho_fs.model.dmesg import KERN_ERR, KERN_INFO, KERN_WARNING
 from kho_fs.model.errors import KernelError
 from kho_fs.model.fdt import FdtSw, fdt_check_header, fdt_header_totalsize
-from kho_fs.model.kho import kho_mem_unpack
 from kho_fs.model.kho_mainline import (
     ARCH_LOW_ADDRESS_LIMIT,
     FDT_ERR_TRUNCATED,
@@ -471,19 +470,9 @@ class KhoBlobEra(KhoMainline):
                 KERN_WARNING,
             )
             return False
-        table = kho_mem_unpack(k.mem.read(scratch_phys, scratch_cnt * KHO_SCRATCH_SIZE))
-        for area in table:
-            if area.size == 0 or area.addr + area.size > U64_MASK:
-                continue
-            k.memblock.memblock_add(area.addr, area.size)
-            k.memblock.memblock_mark_kho_scratch(area.addr, area.size)
-        k.memblock.memblock_reserve(scratch_phys, scratch_len)
-        k.memblock.kho_scratch_only = True
+        self._adopt_scratch(scratch_phys, scratch_len)
         self.fdt_in_phys = fdt_phys
         self.fdt_in_len = fdt.totalsize
-        self.scratch_in_phys = scratch_phys
-        self.scratch = table
-        self.scratch_table = scratch_phys
         self.printk("KHO: found kexec handover data.")
         return True
 

@@ -688,21 +688,28 @@ class KhoMainline:
         if err:
             k.printk(f"KHO: disabling KHO revival: {err}", KERN_WARNING)
             return
-        table = kho_mem_unpack(k.mem.read(scratch_phys, scratch_cnt * KHO_SCRATCH_SIZE))
+        self._adopt_scratch(scratch_phys, scratch_len)
+        self.fdt_in_phys = fdt_phys
+        self.fdt_in_len = fdt_header_totalsize(blob)
+        self.mem_map_in_phys = mem_map
+        k.printk(f"KHO: found kexec handover data.{rel.populate_found_suffix}")
+
+    def _adopt_scratch(self, scratch_phys: int, scratch_len: int) -> None:
+        """Populate's common end: the inherited areas become memory marked KHO_SCRATCH,
+        the table is reserved, and memblock allocates from scratch only (spec §4.3)."""
+        mb = self.kernel.memblock
+        count = scratch_len // KHO_SCRATCH_SIZE
+        table = kho_mem_unpack(self.kernel.mem.read(scratch_phys, count * KHO_SCRATCH_SIZE))
         for area in table:
             if area.size == 0 or area.addr + area.size > U64_MASK:
                 continue
-            k.memblock.memblock_add(area.addr, area.size)
-            k.memblock.memblock_mark_kho_scratch(area.addr, area.size)
-        k.memblock.memblock_reserve(scratch_phys, scratch_len)
-        k.memblock.kho_scratch_only = True
-        self.fdt_in_phys = fdt_phys
-        self.fdt_in_len = fdt_header_totalsize(blob)
+            mb.memblock_add(area.addr, area.size)
+            mb.memblock_mark_kho_scratch(area.addr, area.size)
+        mb.memblock_reserve(scratch_phys, scratch_len)
+        mb.kho_scratch_only = True
         self.scratch_in_phys = scratch_phys
-        self.mem_map_in_phys = mem_map
         self.scratch = table
         self.scratch_table = scratch_phys
-        k.printk(f"KHO: found kexec handover data.{rel.populate_found_suffix}")
 
     def kho_memory_init(self) -> None:
         """Walk the incoming map (reserve preserved blocks) or reserve scratch (§4.4)."""
