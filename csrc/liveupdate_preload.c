@@ -54,6 +54,7 @@
 #define LU_CAPTURE 4096u
 #define LU_PRESERVE_FD 0xBA40u
 #define LU_PAGE 4096u
+#define LU_FIRST 128u /* bytes read at once: every LUO structure fits (the largest is 72) */
 
 struct lu_request {
 	uint32_t magic, op, cmd, size, flags, len;
@@ -92,8 +93,9 @@ __attribute__((constructor)) static void lu_init(void)
 
 /* -- the caller's memory, read and written without faulting ------------------------ */
 
-/* Copy up to n bytes at addr into buf; the count before the first unreadable page. */
-static size_t lu_peek(const void *addr, void *buf, size_t n)
+/* Copy up to n bytes at addr of this process (pid) into buf; the count before the first
+ * unreadable page. */
+static size_t lu_peek(pid_t pid, const void *addr, void *buf, size_t n)
 {
 	struct iovec local = { buf, n };
 	struct iovec remote[LU_CAPTURE / LU_PAGE + 2];
@@ -115,18 +117,18 @@ static size_t lu_peek(const void *addr, void *buf, size_t n)
 		count++;
 		at = stop;
 	}
-	got = process_vm_readv(getpid(), &local, 1, remote, count, 0);
+	got = process_vm_readv(pid, &local, 1, remote, count, 0);
 	return got < 0 ? 0 : (size_t)got;
 }
 
 /* What lies in [addr, addr + n): zeros, a non-zero byte first, or a fault first. */
-static uint32_t lu_scan_tail(const unsigned char *addr, uint64_t n)
+static uint32_t lu_scan_tail(pid_t pid, const unsigned char *addr, uint64_t n)
 {
 	unsigned char buf[LU_CAPTURE];
 
 	while (n) {
 		size_t want = n < sizeof(buf) ? (size_t)n : sizeof(buf);
-		size_t got = lu_peek(addr, buf, want);
+		size_t got = lu_peek(pid, addr, buf, want);
 
 		for (size_t i = 0; i < got; i++)
 			if (buf[i])
@@ -139,14 +141,14 @@ static uint32_t lu_scan_tail(const unsigned char *addr, uint64_t n)
 	return LU_TAIL_ZERO;
 }
 
-static int lu_poke(void *addr, const void *buf, size_t n)
+static int lu_poke(pid_t pid, void *addr, const void *buf, size_t n)
 {
 	struct iovec local = { (void *)buf, n };
 	struct iovec remote = { addr, n };
 
 	if (!n)
 		return 0;
-	return process_vm_writev(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)n ? 0 : -1;
+	return process_vm_writev(pid, &local, 1, &remote, 1, 0) == (ssize_t)n ? 0 : -1;
 }
 
 /* -- talking to the daemon --------------------------------------------------------- */
@@ -192,6 +194,13 @@ static int lu_call(int fd, struct lu_request *req, int send_fd, struct lu_answer
 	while ((n = sendmsg(fd, &msg, MSG_NOSIGNAL)) < 0) {
 		if (errno == EAGAIN && !lu_wait(fd, POLLOUT))
 			continue;
+		if (errno == EBADF && msg.msg_control) {
+			/* send_fd is not an open descriptor (fd itself was checked by the
+			 * caller): send none, the kernel's fget fails (EBADF from the daemon) */
+			msg.msg_control = NULL;
+			msg.msg_controllen = 0;
+			continue;
+		}
 		if (errno != EINTR) {
 			err = errno;
 			goto out;
@@ -401,33 +410,42 @@ static int lu_ioctl(int fd, unsigned int cmd, void *arg)
 {
 	struct lu_request req = { LU_MAGIC, LU_OP_IOCTL, cmd, 0, 0, 0, { 0 } };
 	struct lu_answer ans;
+	pid_t pid = getpid();
 	uint32_t size;
+	size_t got;
 	int send_fd = -1, new_fd, err;
 
-	if (lu_peek(arg, &size, sizeof(size)) < sizeof(size)) {
+	/* one read: the size and, for every LUO structure, all of it */
+	got = lu_peek(pid, arg, req.data, LU_FIRST);
+	if (got < sizeof(size)) {
 		req.flags = LU_FLAG_SIZE_FAULT;
 	} else {
-		uint32_t want = size < LU_CAPTURE ? size : LU_CAPTURE;
+		uint32_t want;
 
+		memcpy(&size, req.data, sizeof(size));
+		want = size < LU_CAPTURE ? size : LU_CAPTURE;
 		req.size = size;
-		req.len = (uint32_t)lu_peek(arg, req.data, want);
+		if (want > got && got == LU_FIRST) /* more to read, and no fault so far */
+			got += lu_peek(pid, (const unsigned char *)arg + got, req.data + got,
+				       want - got);
+		req.len = (uint32_t)(want < got ? want : got);
 		if (req.len == want && size > LU_CAPTURE)
-			req.flags = lu_scan_tail((const unsigned char *)arg + LU_CAPTURE,
+			req.flags = lu_scan_tail(pid, (const unsigned char *)arg + LU_CAPTURE,
 						 (uint64_t)size - LU_CAPTURE)
 				    << LU_TAIL_SHIFT;
 		if (cmd == LU_PRESERVE_FD && req.len >= 8) {
 			int named;
 
 			memcpy(&named, req.data + 4, sizeof(named));
-			if (named >= 0 && fcntl(named, F_GETFD) >= 0)
-				send_fd = named; /* else the kernel's fget fails: EBADF */
+			if (named >= 0)
+				send_fd = named; /* lu_call drops it if it is not open */
 		}
 	}
 	err = lu_call(fd, &req, send_fd, &ans, &new_fd);
 	if (!err && ans.len) {
 		if (new_fd >= 0 && ans.fd_at != LU_NO_FD && ans.fd_at + sizeof(int) <= ans.len)
 			memcpy(ans.data + ans.fd_at, &new_fd, sizeof(int));
-		if (lu_poke(arg, ans.data, ans.len))
+		if (lu_poke(pid, arg, ans.data, ans.len))
 			err = EFAULT;
 	}
 	if (err) {

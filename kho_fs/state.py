@@ -51,8 +51,15 @@ from kho_fs.model.kho_mainline import KhoBlob, KhoMainline
 from kho_fs.model.kho_mem_map import KhoMemTrack, _Bitmap
 from kho_fs.model.kho_radix import KHO_TREE_MAX_DEPTH, TABLE_ENTRIES, KhoRadixTree
 from kho_fs.model.luo import Luo, MemfdLuo
+from kho_fs.model.luo_v5 import LuoV5, MemfdLuoV2
 from kho_fs.model.machine import Machine
-from kho_fs.model.memblock import MAX_NUMNODES, MEMBLOCK_KHO_SCRATCH, Memblock, MemblockRegion
+from kho_fs.model.memblock import (
+    MAX_NUMNODES,
+    MEMBLOCK_KHO_SCRATCH,
+    MEMBLOCK_RSRV_NOINIT,
+    Memblock,
+    MemblockRegion,
+)
 from kho_fs.model.memblock_kho import MemblockKho
 from kho_fs.model.notifier import NotifierBlock
 from kho_fs.model.page_alloc import PageAllocator
@@ -142,7 +149,10 @@ def _driver_state(driver: KhoDriver) -> dict[str, Any]:
 
 
 #: LUO file handlers a state file can name (by their compatible) and build again.
-LUO_HANDLERS: dict[str, Callable[[], Any]] = {MemfdLuo.compatible: MemfdLuo}
+LUO_HANDLERS: dict[str, Callable[[], Any]] = {
+    MemfdLuo.compatible: MemfdLuo,
+    MemfdLuoV2.compatible: MemfdLuoV2,
+}
 
 
 def _luo_state(luo: Luo | None) -> dict[str, Any] | None:
@@ -158,7 +168,7 @@ def _luo_state(luo: Luo | None) -> dict[str, Any] | None:
             f"LUO has {len(luo.outgoing)} outgoing and {len(luo.incoming)} incoming "
             "session(s); a state file cannot keep them (finish or close them first)",
         )
-    return {
+    state: dict[str, Any] = {
         "enabled": luo.enabled,
         "liveupdate_num": luo.liveupdate_num,
         "fdt_out": luo.fdt_out,
@@ -171,6 +181,16 @@ def _luo_state(luo: Luo | None) -> dict[str, Any] | None:
         "deserialized": luo.deserialized,
         "handlers": [h.compatible for h in luo.handlers],
     }
+    if isinstance(luo, LuoV5):
+        # 7.2: the session record chains (kernel lists of block addresses; the blocks
+        # are in RAM) and the incoming FLB header
+        state["v5"] = {
+            "sessions_out": list(luo.sessions_out.blocks),
+            "sessions_in": list(luo.sessions_in.blocks),
+            "sessions_in_restored": luo.sessions_in.incoming,
+            "in_flb_header": luo.in_flb_header,
+        }
+    return state
 
 
 def _participant_name(k: Kernel, nb: NotifierBlock) -> str:
@@ -720,6 +740,26 @@ def _restore_luo(luo: Luo, st: _Field, pages: PageAllocator | None) -> None:
             raise field.bad(f"names no LUO file handler kho-fs has ({compatible[:20]!r})")
         handlers.append(LUO_HANDLERS[compatible]())
     luo.handlers = handlers
+    if isinstance(luo, LuoV5):
+        _restore_luo_v5(luo, st["v5"], pages)
+    elif "v5" in st.value:  # type: ignore[operator]
+        raise st["v5"].bad("is for 7.2's LUO (luo-v5), not this release's")
+
+
+def _restore_luo_v5(luo: LuoV5, st: _Field, pages: PageAllocator | None) -> None:
+    """7.2's session record chains: the outgoing blocks are pages this kernel allocated,
+    the incoming ones pages of RAM the previous kernel wrote (read at the first open)."""
+    out = [_allocated(f, pages, f.integer()) for f in st["sessions_out"].items()]
+    incoming = []
+    for field in st["sessions_in"].items():
+        phys = field.integer()
+        if phys % PAGE_SIZE:
+            raise field.bad("is not a page")
+        incoming.append(ram_range(field, luo.mem, phys, PAGE_SIZE)[0])
+    luo.sessions_out.blocks, luo.sessions_out.head_pa = out, out[0] if out else 0
+    luo.sessions_in.blocks, luo.sessions_in.head_pa = incoming, incoming[0] if incoming else 0
+    luo.sessions_in.incoming = st["sessions_in_restored"].boolean()
+    luo.in_flb_header = st["in_flb_header"].integer()
 
 
 def _restore_drivers(k: Kernel, field: _Field, legacy: bool) -> None:
@@ -887,10 +927,12 @@ def _restore_pages(field: _Field, k: Kernel) -> PageAllocator | None:
     for (_, end), (start, _) in itertools.pairwise(spans):
         if start < end:
             raise st.bad(f"has overlapping blocks or free ranges at {start:#x}")
-    # Its memory is what memblock handed over: neither reserved nor KHO scratch.
+    # Its memory is what memblock handed over: neither reserved nor KHO scratch -- except
+    # preserved memory (reserved RSRV_NOINIT) that kho_restore_free gave back after the
+    # handover (7.2's LUO frees its records so).
     mb = k.memblock
     kept = sorted(
-        [(r.base, r.end) for r in mb.reserved]
+        [(r.base, r.end) for r in mb.reserved if not r.flags & MEMBLOCK_RSRV_NOINIT]
         + [(r.base, r.end) for r in mb.memory if r.flags & MEMBLOCK_KHO_SCRATCH]
     )
     clash = _first_overlap(spans, kept)

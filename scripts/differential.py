@@ -40,6 +40,7 @@ DIFF_DIR = ROOT / "tests" / "differential"
 SCENARIO_DIR = DIFF_DIR / "scenarios"
 PRELUDE = DIFF_DIR / "prelude.sh"
 KHX_SOURCE = DIFF_DIR / "khx.c"
+LUOC_SOURCE = DIFF_DIR / "luoc.c"
 GOLDEN_DIR = ROOT / "tests" / "data" / "golden" / "linux-7.2.13"
 ORACLE_DIR = ROOT.parent / "shared" / "oracle"
 KERNEL_WORK = Path(os.environ.get("KHO_DIFF_KERNEL_WORK", "/tmp/kho-oracle-devmem"))
@@ -63,6 +64,10 @@ class Scenario:
     stages: tuple[str, str]
     exact: frozenset[str] = frozenset()
     about: str = ""
+
+    def uses_luoc(self) -> bool:
+        """Does a stage call the LUO client (tests/differential/luoc.c)?"""
+        return any(re.search(r"(?m)^\s*luoc\b|[;&|(]\s*luoc\b", st) for st in self.stages)
 
     def script(self) -> str:
         """The text of both ``/stage1.sh`` and ``/stage2.sh``: the prelude, then each
@@ -123,21 +128,27 @@ def parse_scenario(path: Path) -> Scenario:
 # -- tools shared by both sides ------------------------------------------------------------------
 
 
-def compile_static(source: Path, out: Path) -> None:
+def compile_tool(source: Path, out: Path, *, static: bool = True) -> None:
+    """gcc -O1 (-static unless told otherwise), when OUT is older than SOURCE."""
     if out.exists() and out.stat().st_mtime >= source.stat().st_mtime:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(source)], check=True)
+    link = ["-static"] if static else []
+    subprocess.run(["gcc", *link, "-O1", "-o", str(out), str(source)], check=True)
 
 
 def tools_dir() -> Path:
-    """Static ``khx`` and ``wr`` (the oracle's), built once per checkout."""
+    """Static ``khx``, ``luoc`` and ``wr`` (the oracle's), and ``luoc-dyn`` (the same
+    ``luoc`` linked dynamically, for the preload library on the emulated side), built once
+    per checkout."""
     d = Path(os.environ.get("KHO_DIFF_TOOLS", Path(tempfile.gettempdir()) / "kho-diff-tools"))
-    compile_static(KHX_SOURCE, d / "khx")
+    compile_tool(KHX_SOURCE, d / "khx")
+    compile_tool(LUOC_SOURCE, d / "luoc")
+    compile_tool(LUOC_SOURCE, d / "luoc-dyn", static=False)
     wr = ORACLE_DIR / "wr.c"
     if not wr.exists():  # a checkout without ../shared: the same program, kept here
         wr = DIFF_DIR / "wr.c"
-    compile_static(wr, d / "wr")
+    compile_tool(wr, d / "wr")
     return d
 
 
@@ -192,6 +203,10 @@ def run_real(scenario: Scenario, bzimage: Path, log: Path) -> str:
             p.write_text(scenario.script())
             p.chmod(0o755)
         shutil.copy(tools / "khx", d / "khx")
+        programs = [d / "khx"]
+        if scenario.uses_luoc():  # only then: the other scenarios keep their recorded initramfs
+            shutil.copy(tools / "luoc", d / "luoc")
+            programs.append(d / "luoc")
         subprocess.run(
             [
                 "bash",
@@ -199,7 +214,7 @@ def run_real(scenario: Scenario, bzimage: Path, log: Path) -> str:
                 str(bzimage),
                 scenario.cmdline,
                 str(log),
-                str(d / "khx"),
+                *(str(p) for p in programs),
                 str(d / "stage1.sh"),
                 str(d / "stage2.sh"),
             ],
@@ -225,6 +240,13 @@ if out=$($KHO_FS kexec "$@" 2>&1); then echo "kexec_file_load: ok"
 else echo "kexec_file_load: ${out##*: }"; exit 1; fi   # strerror(errno), as kx prints
 [ -n "$load_only" ] && exit 0
 $KHO_FS kexec --root "$KHO_FS_ROOT" -e || echo "reboot(RB_KEXEC): failed"
+"""
+
+
+LUOC_SHIM = """#!/bin/sh
+# luoc on a kho-fs mount: the dynamic build under the preload library, whose
+# open("/dev/liveupdate") and LUO ioctls reach the mount's daemon (docs/luo.md)
+exec $KHO_FS run --root "$KHO_FS_ROOT" -- "$(dirname "$0")/luoc-dyn" "$@"
 """
 
 
@@ -279,7 +301,8 @@ def stand_in_kernel(path: Path, facts: dict[str, object]) -> None:
 
 
 def emu_env(work: Path, kernel: Path | None = None) -> EmuEnv:
-    """A bin directory: busybox applets (the guest's tools), khx, wr and the kx shim; the
+    """A bin directory: busybox applets (the guest's tools), khx, wr, the kx shim and the
+    luoc shim (the dynamic luoc under ``kho-fs run``); the
     kernel image (the real one, else a stand-in with its header facts) and an initrd of the
     size run.sh's second initramfs has."""
     tools = tools_dir()
@@ -290,13 +313,16 @@ def emu_env(work: Path, kernel: Path | None = None) -> EmuEnv:
     if bb:
         subprocess.run([bb, "--install", "-s", str(bindir)], check=False, capture_output=True)
         shell = [bb, "sh"]
-    for name in ("khx", "wr"):
+    for name in ("khx", "wr", "luoc-dyn"):
         target = bindir / name
         if target.exists() or target.is_symlink():
             target.unlink()
         shutil.copy(tools / name, target)
-    (bindir / "kx").write_text(KX_SHIM)
-    (bindir / "kx").chmod(0o755)
+    for name, text in (("kx", KX_SHIM), ("luoc", LUOC_SHIM)):
+        if (bindir / name).is_symlink():
+            (bindir / name).unlink()
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
     khofs = kho_fs_command()
     facts: dict[str, object] = json.loads(KERNEL_FACTS.read_text()) if KERNEL_FACTS.exists() else {}
     if kernel is None:
@@ -400,12 +426,16 @@ RELEVANT = (
     "reserve_mem:",
     "test_kho:",
     "luo:",
+    "memfd_luo:",
     "Malformed early option",
     "Unknown kernel command line",
     "Linux version",
     "Command line:",
     "kho-fs:",
 )
+#: struct luo_ser (include/linux/kho/abi/luo.h, 7.2): compatible, liveupdate_num,
+#: sessions_pa, flbs_pa
+LUO_SER = struct.Struct("<8sQQQ")
 ADDRESS_PROPS = frozenset({"preserved-memory-map", "preserved-data", "start"})
 RANDOM_PROPS = frozenset({"nr_folios", "csum"})  # test_kho's random data
 
@@ -509,14 +539,25 @@ def _render_value(name: str, value: bytes, sym: Symbols, truncated: bool) -> str
 
 
 def render_blob(path: str, data: bytes, sym: Symbols) -> list[str]:
+    name = path.rsplit("/", 1)[-1]
+    if name == "LUO" and "in" in path.split("/"):
+        # luo_early_startup frees the incoming blob right after reading it (kho_restore_free):
+        # debugfs then shows whatever reuses the memory; only the size is the handover's
+        return [f"raw size={len(data)} (freed after reading: bytes not compared)"]
     if data[:4] == b"\xd0\x0d\xfe\xed" and len(data) >= 40:
         return render_fdt(data, sym)
-    name = path.rsplit("/", 1)[-1]
     if name == "kexec-metadata" and len(data) >= 73:
         version, raw, count = struct.unpack("<I65sI", data[:73])
         release = raw.split(b"\0", 1)[0].decode("latin-1")
         return [
             f"kexec-metadata version={version} release={release} count={count} size={len(data)}"
+        ]
+    if name == "LUO" and len(data) == LUO_SER.size:  # struct luo_ser (7.2)
+        compatible, number, sessions, flbs = LUO_SER.unpack(data)
+        text = compatible.split(b"\0", 1)[0].decode("latin-1")
+        return [
+            f'luo_ser compatible="{text}" liveupdate_num={number} sessions_pa={sym(sessions)}'
+            f" flbs_pa={sym(flbs)}"
         ]
     if name == "LUO":
         return [f"raw size={len(data)} head={data[:8].hex()}"]
@@ -803,9 +844,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def scenario_digest(name: str) -> str:
-    """A digest of a scenario and the prelude: a golden is valid for exactly this text."""
+    """A digest of a scenario and the prelude (and of the LUO client when a stage calls it):
+    a golden is valid for exactly this text."""
     h = hashlib.sha256(PRELUDE.read_bytes())
     h.update((SCENARIO_DIR / f"{name}.sh").read_bytes())
+    if parse_scenario(SCENARIO_DIR / f"{name}.sh").uses_luoc():  # its output is the client's
+        h.update(LUOC_SOURCE.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -29,6 +29,7 @@ from kho_fs.model.kho_blob import KhoBlobEra
 from kho_fs.model.kho_mainline import KhoMainline
 from kho_fs.model.kho_none import KhoNone
 from kho_fs.model.luo import Luo
+from kho_fs.model.luo_v5 import LuoV5
 from kho_fs.model.memblock import Memblock
 from kho_fs.model.page_alloc import PageAllocator
 from kho_fs.model.releases import (
@@ -37,6 +38,8 @@ from kho_fs.model.releases import (
     KHO_MAINLINE,
     KHO_NONE,
     KHO_V4,
+    LUO_FORMAT_FDT,
+    LUO_FORMAT_V5,
     RELEASES,
     Release,
 )
@@ -52,6 +55,11 @@ KHO_STRATEGIES: dict[str, Callable[[Kernel], Kho | KhoMainline | KhoNone]] = {
     KHO_V4: Kho,
     KHO_MAINLINE: KhoMainline,
     KHO_BLOB: KhoBlobEra,
+}
+#: LUO formats: 6.19/7.0's `LUO` FDT (luo.py), 7.2's raw `luo-v5` blob (luo_v5.py)
+LUO_STRATEGIES: dict[str, Callable[[Kernel], Luo]] = {
+    LUO_FORMAT_FDT: Luo,
+    LUO_FORMAT_V5: LuoV5,
 }
 #: Parameters every modelled kernel knows besides its KHO ones (a subset of x86-64's).
 KNOWN_PARAMS = frozenset(
@@ -104,7 +112,8 @@ class Kernel:
         self.kho = KHO_STRATEGIES[release.kho](self)
         self.reserve_mem = ReserveMem(self)
         self.kexec = Kexec(self)
-        self.luo = Luo(self) if release.liveupdate else None  # /dev/liveupdate (docs/luo.md)
+        # /dev/liveupdate (docs/luo.md): the release's LUO format picks the strategy
+        self.luo = LUO_STRATEGIES[release.luo_format](self) if release.liveupdate else None
         self._pages: PageAllocator | None = None
         self._driver_failures: list[tuple[SimpleNamespace, str, Exception]] = []  # shown at boot
         self._broken_drivers: set[int] = set()  # id() of drivers whose hooks raised

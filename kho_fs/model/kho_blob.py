@@ -154,6 +154,15 @@ class KhoBlobEra(KhoMainline):
         self.kho_unpreserve_folio(phys, order)
         self.pages.free_pages(phys)
 
+    def kho_restore_free(self, phys: int) -> None:
+        """``kho_restore_free``: restore the folio the previous kernel preserved (with
+        ``kho_alloc_preserve``) and free it to this kernel's page allocator, so later
+        allocations reuse it (the recording's stage-2 ``in/sub_fdts/LUO`` shows such
+        reused bytes). Not a preserved folio head: nothing (the kernel's ``WARN_ON``)."""
+        order = self.kho_restore_folio(phys)
+        if order is not None:
+            self.pages.free_restored(phys, order)
+
     def preserved_blocks(self) -> list[tuple[int, int]]:
         return list(self.radix.blocks()) if self.radix is not None else []
 

@@ -1,5 +1,9 @@
 """The Live Update Orchestrator (LUO) of Linux 6.19 and 7.0 (spec kho-mainline.md §12).
 
+This module is the LUO core and the ``LUO`` *FDT* format of 6.19/7.0 (``luo-v1``); 7.2's
+raw ``struct luo_ser`` blob with kho_block chains (``luo-v5``) is the strategy class
+:class:`kho_fs.model.luo_v5.LuoV5`, chosen by the release's ``luo_format`` trait.
+
 A pure model of kernel/liveupdate/luo_core.c, luo_session.c, luo_file.c (luo_flb.c's
 FDT node in 7.0) and mm/memfd_luo.c: ``liveupdate=``, the ``/dev/liveupdate`` device and
 its session files, the ioctl dispatch with the kernel's errnos, the reboot path that
@@ -183,7 +187,12 @@ class UserArg(NamedTuple):
 
 class LuoFileSource(Protocol):
     """A file a process asked to preserve, as the model may look at it (no descriptor):
-    what the kernel's ``struct file`` would tell the memfd handler."""
+    what the kernel's ``struct file`` would tell the memfd handler.
+
+    7.2 (:mod:`kho_fs.model.luo_v5`) also asks, when a source has them, ``seals()`` (the
+    ``F_SEAL_*`` bits; without it: ``F_SEAL_SEAL``, a memfd created without
+    ``MFD_ALLOW_SEALING``) and ``file_id()`` (what names the file -- memfd's inode -- for
+    the preserve-once rule; without it: the source object)."""
 
     def kind(self) -> str:
         """:data:`FILE_KIND_MEMFD` or :data:`FILE_KIND_OTHER`."""
@@ -213,12 +222,26 @@ class RestoredFile:
     stores it in ``handle`` and learns of the release through ``on_release``. The same
     object comes back when the token is retrieved again (the kernel returns the same
     ``struct file``).
+
+    ``seals`` (7.2's memfd-v2) are the ``F_SEAL_*`` bits to apply to the new file (it is
+    created with ``MFD_ALLOW_SEALING``); None: the file allows no sealing (memfd-v1). A
+    transport sets ``file_id`` to what names the file it built, as
+    ``LuoFileSource.file_id()`` would (7.2 refuses to preserve a retrieved file before
+    its session is finished: EBUSY).
     """
 
-    def __init__(self, size: int, pos: int, extents: list[tuple[int, int, int]]) -> None:
+    def __init__(
+        self,
+        size: int,
+        pos: int,
+        extents: list[tuple[int, int, int]],
+        seals: int | None = None,
+    ) -> None:
         self.size = size
         self.pos = pos
         self.extents = extents
+        self.seals = seals
+        self.file_id: object = None
         self.handle: object = None
         self.on_release: Callable[[RestoredFile], None] | None = None
 
@@ -565,6 +588,12 @@ VFS_DESCRIPTOR_IOCTLS = frozenset({FIONCLEX, FIOCLEX, FIONBIO, FIOASYNC})
 class Luo:
     """One kernel's LUO: ``luo_global``, the session lists, the device, the handlers."""
 
+    #: ``luo_ioctl_ops`` / ``luo_session_ioctl_ops`` and the structure sizes: the uAPI a
+    #: release's LUO answers (a strategy class may extend them)
+    device_ops: dict[int, tuple[int, int]] = _DEVICE_OPS
+    session_ops: dict[int, tuple[int, int, bool | None]] = _SESSION_OPS
+    ksize: dict[int, int] = _KSIZE
+
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.release = kernel.release
@@ -613,20 +642,10 @@ class Luo:
             return False
         return True
 
-    @property
-    def supported(self) -> bool:
-        """This model covers the FDT-based LUO of 6.19 and 7.0; a release whose ``LUO``
-        entry is a raw ``struct luo_ser`` blob (7.2) is not modelled yet: its LUO stays
-        disabled."""
-        return not getattr(self.release, "luo_raw_blob", False)
-
     def liveupdate_early_init(self) -> None:
         """early_initcall: read the incoming ``LUO`` subtree; a damaged one panics."""
         from kho_fs.model.kernel import BootFailed
 
-        if not self.supported:
-            self.enabled = False
-            return
         err = self._luo_early_startup()
         if err:
             self.enabled = False
@@ -833,13 +852,13 @@ class Luo:
         cmd &= 0xFFFFFFFF
         nr = cmd & 0xFF
         if isinstance(target, LuoDevice):
-            dev_op = _DEVICE_OPS.get(nr - LIVEUPDATE_CMD_BASE)
+            dev_op = self.device_ops.get(nr - LIVEUPDATE_CMD_BASE)
             if dev_op is None:
                 raise KernelError(errno.EINVAL, "command number outside the table")
             number, min_size = dev_op
             incoming = None
         else:
-            session_op = _SESSION_OPS.get(nr) if nr >= LIVEUPDATE_CMD_SESSION_BASE else None
+            session_op = self.session_ops.get(nr) if nr >= LIVEUPDATE_CMD_SESSION_BASE else None
             if session_op is None:
                 raise KernelError(errno.EINVAL, "command number outside the table")
             number, min_size, incoming = session_op
@@ -851,9 +870,21 @@ class Luo:
             raise KernelError(errno.EINVAL, "command for the other kind of session")
         if arg.size < min_size:
             raise KernelError(errno.EINVAL, "structure too small")
-        ksize = _KSIZE[cmd]
+        ksize = self.ksize[cmd]
         raw = arg.copy_struct(ksize)
         respond = min(arg.size, ksize)
+        return self._execute(target, cmd, raw, respond, source)
+
+    def _execute(
+        self,
+        target: LuoDevice | LuoSession,
+        cmd: int,
+        raw: bytes,
+        respond: int,
+        source: LuoFileSource | None,
+    ) -> IoctlReply:
+        """The operation of a dispatched command (``op->execute``): ``raw`` is the
+        structure as copied from user space, ``respond`` the bytes to copy back."""
         if cmd in (LIVEUPDATE_IOCTL_CREATE_SESSION, LIVEUPDATE_IOCTL_RETRIEVE_SESSION):
             size, _fd, name = SESSION_ARG.unpack(raw)
             if cmd == LIVEUPDATE_IOCTL_CREATE_SESSION:
@@ -908,12 +939,16 @@ class Luo:
                 )
                 return
             session.released = True
-            self.incoming.remove(session)
         else:
             session.released = True
             self.luo_file_unpreserve_files(session)
-            self.outgoing.remove(session)
+        self.luo_session_remove(session)
         self.kernel.changed()
+
+    def luo_session_remove(self, session: LuoSession) -> None:
+        """Take a released session off its list (incoming once retrieved, else
+        outgoing)."""
+        (self.incoming if session.retrieved else self.outgoing).remove(session)
 
     def luo_session_finish_one(self, session: LuoSession) -> None:
         """``luo_file_finish``: every file must be able to finish (EBUSY otherwise), then
@@ -1121,7 +1156,8 @@ class Luo:
         if self.deserialized is None and self.incoming_active:
             incoming = "not yet read (first open of /dev/liveupdate)"
         return [
-            f"liveupdate:  enabled, liveupdate number {self.liveupdate_num}, /dev/liveupdate "
+            f"liveupdate:  enabled ({self.release.luo_compatible}), liveupdate number "
+            f"{self.liveupdate_num}, /dev/liveupdate "
             f"{'open' if self.device_in_use else 'closed'}",
             f"sessions:    outgoing: {out}; incoming: {incoming or 'none'}",
         ]

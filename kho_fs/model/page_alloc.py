@@ -69,6 +69,23 @@ class PageAllocator:
             del self._free[i]
         self._free.insert(i, (addr, end))
 
+    def free_restored(self, addr: int, order: int) -> None:
+        """Take in a block the previous kernel preserved and this one restored
+        (``kho_restore_free``: ``kho_restore_folio`` then ``folio_put``). It was never
+        this allocator's -- memblock reserved it at boot (``RSRV_NOINIT``) and keeps
+        listing it, as the kernel's memblock does -- and from now on it is free memory.
+        A block the allocator already holds or that overlaps its free memory is ignored
+        (a double free)."""
+        end = addr + (PAGE_SIZE << order)
+        if addr in self.allocated:
+            return
+        i = bisect.bisect_left(self._free, (addr, end))
+        for s, e in self._free[max(i - 1, 0) : i + 1]:
+            if s < end and addr < e:
+                return
+        self.allocated[addr] = order
+        self.free_pages(addr)
+
     def free_bytes(self) -> int:
         return sum(e - s for s, e in self._free)
 

@@ -17,6 +17,10 @@ KHO_V4 = "v4"  # the KHO v4 patch series: sysfs, one FDT written by notifiers
 KHO_MAINLINE = "mainline"  # 6.16 and later: debugfs, preserved-memory map, sub-FDTs
 KHO_BLOB = "blob"  # 7.2: no finalize, radix-tree map, sized sub-blobs, kexec-metadata
 
+#: LUO formats (strategies; kho_fs/model/luo.py, luo_v5.py, docs/luo.md)
+LUO_FORMAT_FDT = "fdt"  # 6.19, 7.0: the `LUO` sub-FDT `luo-v1`, fixed session/file arrays
+LUO_FORMAT_V5 = "v5"  # 7.2: raw `struct luo_ser` (`luo-v5`), kho_block chains, memfd-v2
+
 
 class Release(NamedTuple):
     """One kernel release and the traits of its KHO era (spec §0)."""
@@ -79,10 +83,11 @@ class Release(NamedTuple):
     #: selects it only with TDX host support; kho-fs keeps them for 6.16 – 7.0 (its
     #: reservation view) and follows the real x86 kernel for 7.2 (§16)
     memblock_debugfs_arrays: bool = True
-    #: LUO's KHO entry: compatible of its `LUO` subtree, and whether that is a raw blob
-    #: (`struct luo_ser`, 7.2: `luo-v5`) rather than an FDT (6.19: `luo-v1`) (§12, §16)
+    #: LUO's KHO entry: the compatible of its `LUO` subtree (6.19/7.0 FDT: `luo-v1`; 7.2
+    #: raw `struct luo_ser`: `luo-v5`) and the strategy that writes and reads it,
+    #: LUO_FORMAT_FDT or LUO_FORMAT_V5 (§12, §16; docs/luo.md)
     luo_compatible: str = "luo-v1"
-    luo_raw_blob: bool = False
+    luo_format: str = LUO_FORMAT_FDT
 
     @property
     def linux_version(self) -> str:
@@ -132,7 +137,7 @@ _ERA_BLOB = {
     "reserve_mem_param": True,
     "memblock_debugfs_arrays": False,
     "luo_compatible": "luo-v5",
-    "luo_raw_blob": True,
+    "luo_format": LUO_FORMAT_V5,
 }
 #: 7.0: era 6.19 plus LUO's File-Lifecycle-Bound node (luo_flb.c, docs/luo.md)
 _ERA_7_0 = {**_ERA_6_19, "luo_flb": True}

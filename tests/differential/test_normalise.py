@@ -107,3 +107,30 @@ def test_dmesg_and_reserved_rules() -> None:
         "KHO: setup: handover FDT (@1) is incompatible with 'kho-v4': 1",
         "END",
     ]
+
+
+def test_luo_blob_rules() -> None:
+    """7.2's raw ``LUO`` blob (struct luo_ser): fields by name, addresses symbolised; the
+    incoming one is freed by the kernel after reading, so only its size is compared."""
+    lines = TRANSCRIPT.read_text().splitlines()
+    out = bytes.fromhex(lines[lines.index("=== HEX /sys/kernel/debug/kho/out/sub_fdts/LUO") + 1])
+    sym = d.Symbols()
+    assert d.render_blob("kho/out/sub_fdts/LUO", out, sym) == [
+        'luo_ser compatible="luo-v5" liveupdate_num=1 sessions_pa=0 flbs_pa=@1'
+    ]
+    freed = bytes.fromhex(lines[lines.index("=== HEX /sys/kernel/debug/kho/in/sub_fdts/LUO") + 1])
+    assert d.render_blob("kho/in/sub_fdts/LUO", freed, sym) == [
+        "raw size=32 (freed after reading: bytes not compared)"
+    ]
+    assert d.render_blob("kho/out/sub_fdts/LUO", out[:24], sym) == [
+        "raw size=24 head=6c756f2d76350000"
+    ]
+
+
+def test_only_luo_scenarios_carry_the_client() -> None:
+    """luoc goes into the initramfs (and into the golden's digest) only for a scenario that
+    calls it: the others keep the initramfs they were recorded with."""
+    used = {s.name for s in d.load_scenarios() if s.uses_luoc()}
+    assert used == {"luo"}
+    other = d.Scenario("x", "console=ttyS0", ("say luoc\n", "khx show f # luoc\n"))
+    assert not other.uses_luoc()

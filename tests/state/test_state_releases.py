@@ -290,6 +290,57 @@ def test_luo_comes_back_and_open_sessions_are_not_saved(tmp_path: Path) -> None:
             assert again.luo_session_deserialize() == 0  # the incoming sessions, from RAM
 
 
+class _Memfd:
+    """A memfd as the LUO model sees one (kho_fs.model.luo.LuoFileSource)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def kind(self) -> str:
+        return "memfd"
+
+    def size(self) -> int:
+        return len(self.data)
+
+    def pos(self) -> int:
+        return 0
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        chunk = self.data[offset : offset + len(buf)]
+        buf[: len(chunk)] = chunk
+        return len(chunk)
+
+    def release(self) -> None:
+        pass
+
+
+def test_luo_v5_sessions_not_yet_read_survive_a_save(tmp_path: Path) -> None:
+    """7.2 (``luo-v5``): the session record chain the boot restored (the kernel's list of
+    block addresses) is kept with the rest of LUO's globals; the sessions come out of RAM
+    at the first open after the restore."""
+    path = tmp_path / "m.state"
+    with make("7.2") as m:
+        luo = m.kernel.luo
+        assert luo is not None
+        session = luo.luo_session_create(b"vm-1")
+        luo.luo_preserve_file(session, 7, _Memfd(b"state of vm-1"))
+        load(m)
+        m.kexec_exec()
+        luo = m.kernel.luo
+        assert luo is not None and luo.incoming_active and luo.deserialized is None
+        blocks = list(luo.sessions_in.blocks)  # type: ignore[attr-defined]
+        assert blocks
+        save_machine(m, path)
+        with load_machine(path) as restored:
+            again = restored.kernel.luo
+            assert again is not None
+            assert again.sessions_in.blocks == blocks  # type: ignore[attr-defined]
+            assert again.luo_session_deserialize() == 0
+            got = again.luo_retrieve_file(again.luo_session_retrieve(b"vm-1"), 7)
+            data = b"".join(restored.mem.read(phys, n) for _, phys, n in got.extents)
+            assert data == b"state of vm-1"
+
+
 PLUGIN = """
 from kho_fs.drivers import KhoDriver
 
