@@ -222,21 +222,30 @@ class KhoBlockSetIt:
     def _phys(self) -> int:
         return self.bs.blocks[self.block]
 
-    def reserve_entry(self) -> int:
-        """``kho_block_set_it_reserve_entry``: the next free slot (its physical address),
-        moving to the next block when this one is full; the block's ``count`` in RAM
-        becomes the new index. 0 when the set is full."""
+    def _next_entry(self, written: bool) -> int:
+        """The slot after the current one (its physical address), moving to the next
+        block once this one's slots are passed: all ``count_per_block`` of them, or
+        (``written``) the ``count`` its header in RAM holds. 0 after the last block."""
         bs = self.bs
         if self.block < 0:
             return 0
-        if self.i == bs.count_per_block:
+        end = bs.header_count(self._phys()) if written else bs.count_per_block
+        if self.i >= end:
             if self.block == bs.nblocks - 1:
                 return 0
             self.block += 1
             self.i = 0
         entry = bs.entry(self._phys(), self.i)
         self.i += 1
-        bs.kho.kernel.mem.write(self._phys() + 8, _U64.pack(self.i))
+        return entry
+
+    def reserve_entry(self) -> int:
+        """``kho_block_set_it_reserve_entry``: the next free slot (its physical address),
+        moving to the next block when this one is full; the block's ``count`` in RAM
+        becomes the new index. 0 when the set is full."""
+        entry = self._next_entry(written=False)
+        if entry:
+            self.bs.kho.kernel.mem.write(self._phys() + 8, _U64.pack(self.i))
         return entry
 
     def read_entry(self) -> int:
@@ -244,17 +253,7 @@ class KhoBlockSetIt:
         ``count`` is read from RAM), or 0 after the last. The kernel compares the index
         with ``count`` for equality; a count lowered through /dev/mem after the restore
         checked it would make the kernel walk off the page, here it ends the block."""
-        bs = self.bs
-        if self.block < 0:
-            return 0
-        if self.i >= bs.header_count(self._phys()):
-            if self.block == bs.nblocks - 1:
-                return 0
-            self.block += 1
-            self.i = 0
-        entry = bs.entry(self._phys(), self.i)
-        self.i += 1
-        return entry
+        return self._next_entry(written=True)
 
     def prev(self) -> int:
         """``kho_block_set_it_prev``: step back one slot (0 at the very beginning)."""

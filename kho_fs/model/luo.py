@@ -32,7 +32,7 @@ import logging
 import struct
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from kho_fs.model.cmdline import kstrtobool
 from kho_fs.model.dmesg import KERN_ERR, KERN_INFO, KERN_WARNING
@@ -107,6 +107,7 @@ MEMFD_LUO_FOLIO_DIRTY = 1 << 0
 MEMFD_LUO_FOLIO_UPTODATE = 1 << 1
 MEMFD_SER = struct.Struct("<QQQ16s")  # memfd_luo_ser: pos, size, nr_folios, folios (kho_vmalloc)
 MEMFD_FOLIO_SER = struct.Struct("<QQ")  # memfd_luo_folio_ser: pfn:52 | flags:12, index
+MEMFD_LUO_PFN_MASK = (1 << 52) - 1
 #: Decision: the emulated shmem uses 2 MiB folios (what shmem with transparent huge pages
 #: allocates) for the 2 MiB-aligned part of a memfd, order-0 folios for the rest.
 MEMFD_LARGE_FOLIO_ORDER = 9
@@ -297,62 +298,51 @@ class MemfdLuo:
     folios at freeze, during the reboot call -- the folios of a real memfd *are* its
     page cache, so what the next kernel sees is what the file held at that moment.
     Seals and FD_CLOEXEC are not preserved; the size is the one at preserve time.
+
+    This is ``memfd-v1`` (6.19, 7.0). 7.2's ``memfd-v2``
+    (:class:`kho_fs.model.luo_v5.MemfdLuoV2`) is the same handler with another
+    ``struct memfd_luo_ser`` (:attr:`ser`) and its own hooks: the fields between
+    ``size`` and ``nr_folios`` (:meth:`_memfd_luo_ser_fields`), what a restore leaves
+    allocated, and its own ``retrieve``.
     """
 
     compatible = MEMFD_LUO_FH_COMPATIBLE
+    #: ``struct memfd_luo_ser``: u64 pos, u64 size, the release's own fields, u64
+    #: nr_folios, ``struct kho_vmalloc folios`` (last)
+    ser: struct.Struct = MEMFD_SER
 
     def can_preserve(self, source: LuoFileSource) -> bool:
         return source.kind() == FILE_KIND_MEMFD
 
+    def _memfd_luo_ser(self, luo: Luo, f: LuoFile) -> tuple[Any, ...]:
+        """The file's ``struct memfd_luo_ser`` as it is in RAM: pos, size, …, nr_folios,
+        and the folio list's descriptor (bytes) last."""
+        return self.ser.unpack(luo.mem.read(f.serialized_data, self.ser.size))
+
+    def _memfd_luo_ser_fields(self, source: LuoFileSource) -> tuple[int, ...]:
+        """The fields of ``memfd_luo_ser`` before ``nr_folios``: the position and the
+        size. KernelError (or OSError from the transport's file): the preserve fails."""
+        return source.pos(), source.size()
+
     def preserve(self, luo: Luo, f: LuoFile) -> None:
         assert f.source is not None
         kho = luo.kho
-        ser = kho.kho_alloc_preserve(MEMFD_SER.size)
-        size = f.source.size()
-        pos = f.source.pos()
-        folios: list[tuple[int, int, int]] = []  # (phys, order, index)
+        ser = kho.kho_alloc_preserve(self.ser.size)
         try:
-            index, pages = 0, -(-size // PAGE_SIZE)
-            while index < pages:
-                order = MEMFD_LARGE_FOLIO_ORDER
-                if index % (1 << order) or pages - index < (1 << order):
-                    order = 0
-                phys = kho.pages.alloc_pages(order)
-                if not phys:
-                    luo.printk("memfd_luo: failed to pin folios: -12", KERN_ERR)
-                    raise KernelError(errno.ENOMEM, "memfd folios")
-                folios.append((phys, order, index))
-                try:
-                    kho.kho_preserve_folio(phys, order)
-                except KernelError:
-                    kho.pages.free_pages(phys)
-                    folios.pop()
-                    raise
-                index += 1 << order
-            desc = bytes(KHO_VMALLOC.size)
-            if folios:
-                flags = MEMFD_LUO_FOLIO_DIRTY | MEMFD_LUO_FOLIO_UPTODATE
-                array = b"".join(
-                    MEMFD_FOLIO_SER.pack((phys >> 12) | (flags << 52), idx)
-                    for phys, _, idx in folios
-                )
-                desc = kho_preserve_vmalloc(kho, array)
-        except KernelError:
-            for phys, order, _ in folios:
-                kho.kho_unpreserve_folio(phys, order)
-                kho.pages.free_pages(phys)
+            fields = self._memfd_luo_ser_fields(f.source)
+            folios, desc = _memfd_luo_preserve_folios(luo, fields[1])
+        except BaseException:  # KernelError, or OSError from the transport's file
             kho_unpreserve_free(kho, ser)
             raise
-        luo.mem.write(ser, MEMFD_SER.pack(pos, size, len(folios), desc))
+        luo.mem.write(ser, self.ser.pack(*fields, len(folios), desc))
         f.serialized_data = ser
         f.private = folios
 
     def unpreserve(self, luo: Luo, f: LuoFile) -> None:
         kho = luo.kho
         folios: list[tuple[int, int, int]] = f.private  # type: ignore[assignment]
-        desc = MEMFD_SER.unpack(luo.mem.read(f.serialized_data, MEMFD_SER.size))[3]
         if folios:
-            kho_unpreserve_vmalloc(kho, desc)
+            kho_unpreserve_vmalloc(kho, self._memfd_luo_ser(luo, f)[-1])
         for phys, order, _ in folios:
             kho.kho_unpreserve_folio(phys, order)
             kho.pages.free_pages(phys)
@@ -360,10 +350,11 @@ class MemfdLuo:
         f.private = []
 
     def freeze(self, luo: Luo, f: LuoFile) -> int:
-        """Copy the file's bytes into its folios and record the position."""
+        """``memfd_luo_freeze`` records the position; the model also copies the file's
+        bytes into its folios here (docs/luo.md, "When the bytes move")."""
         assert f.source is not None
         source, mem = f.source, luo.mem
-        size = MEMFD_SER.unpack(mem.read(f.serialized_data, MEMFD_SER.size))[1]
+        size = self._memfd_luo_ser(luo, f)[1]
         folios: list[tuple[int, int, int]] = f.private  # type: ignore[assignment]
         try:
             for phys, order, index in folios:
@@ -381,52 +372,141 @@ class MemfdLuo:
         pass
 
     def retrieve(self, luo: Luo, f: LuoFile) -> RestoredFile:
-        kho, mem = luo.kho, luo.mem
-        pos, size, nr_folios, desc = MEMFD_SER.unpack(mem.read(f.serialized_data, MEMFD_SER.size))
+        """``memfd_luo_retrieve`` of 6.19/7.0: a folio list shorter than ``nr_folios`` is
+        EINVAL, a folio that cannot be restored EIO; the serialization page is restored
+        on success only."""
+        pos, size, nr_folios, desc = self._memfd_luo_ser(luo, f)
         extents: list[tuple[int, int, int]] = []
         if nr_folios:
-            array = kho_restore_vmalloc(kho, desc)
-            if array is None or len(array) < min(nr_folios, MAX_INCOMING_ITEMS) * 16:
+            array = self._kho_restore_vmalloc(luo, desc)
+            count = min(nr_folios, MAX_INCOMING_ITEMS)
+            if array is None or len(array) < count * MEMFD_FOLIO_SER.size:
                 raise KernelError(errno.EINVAL, "folio list")
-            for i in range(min(nr_folios, MAX_INCOMING_ITEMS)):
-                word, index = MEMFD_FOLIO_SER.unpack_from(array, i * MEMFD_FOLIO_SER.size)
-                pfn = word & ((1 << 52) - 1)
-                if not pfn:
-                    continue
-                phys = pfn << 12
-                order = kho.kho_restore_folio(phys)
-                if order is None:
-                    luo.printk(
-                        f"memfd_luo: Unable to restore folio at physical address: {phys:x}",
-                        KERN_ERR,
-                    )
-                    raise KernelError(errno.EIO, "folio")
-                offset = index * PAGE_SIZE
-                if offset < size:
-                    extents.append((offset, phys, min(PAGE_SIZE << order, size - offset)))
-        kho.kho_restore_folio(f.serialized_data)  # kho_restore_free(ser)
+            extents = self._memfd_luo_retrieve_folios(luo, _memfd_luo_folios(array, count), size)
+        self._kho_restore_free(luo, f.serialized_data)
         return RestoredFile(size, pos, extents)
+
+    def _memfd_luo_retrieve_folios(
+        self, luo: Luo, entries: list[tuple[int, int]], size: int
+    ) -> list[tuple[int, int, int]]:
+        """``memfd_luo_retrieve_folios``: every listed folio restored into the new file,
+        as the extents of the size it covers. A folio that cannot be restored is EIO
+        (``Unable to restore folio …``), after :meth:`_memfd_luo_retrieve_failed`."""
+        kho = luo.kho
+        extents: list[tuple[int, int, int]] = []
+        restored: list[tuple[int, int]] = []
+        for i, (word, index) in enumerate(entries):
+            pfn = word & MEMFD_LUO_PFN_MASK
+            if not pfn:
+                continue
+            phys = pfn << 12
+            order = kho.kho_restore_folio(phys)
+            if order is None:
+                luo.printk(
+                    f"memfd_luo: Unable to restore folio at physical address: {phys:x}", KERN_ERR
+                )
+                self._memfd_luo_retrieve_failed(luo, restored, entries[i + 1 :])
+                raise KernelError(errno.EIO, "folio")
+            restored.append((phys, order))
+            offset = index * PAGE_SIZE
+            if offset < size:
+                extents.append((offset, phys, min(PAGE_SIZE << order, size - offset)))
+        return extents
+
+    def _memfd_luo_retrieve_failed(
+        self, luo: Luo, restored: list[tuple[int, int]], rest: list[tuple[int, int]]
+    ) -> None:
+        """A retrieve failed on a folio: ``restored`` are the folios restored before it,
+        ``rest`` the entries after it. 6.19/7.0 leave them all as they are."""
 
     def can_finish(self, luo: Luo, f: LuoFile) -> bool:
         return True  # memfd_luo has no .can_finish
 
+    def _memfd_luo_retrieve_tried(self, f: LuoFile) -> bool:
+        """Whether ``finish`` leaves the folios alone: the file was retrieved."""
+        return f.retrieved
+
     def finish(self, luo: Luo, f: LuoFile) -> None:
-        """A file never retrieved: its folios are restored and dropped."""
-        if f.retrieved:
+        """``memfd_luo_finish``: only a file whose retrieve was never tried still owns its
+        folios; they are restored and dropped (``memfd_luo_discard_folios``)."""
+        if self._memfd_luo_retrieve_tried(f):
             return
-        mem, kho = luo.mem, luo.kho
-        nr_folios, desc = MEMFD_SER.unpack(mem.read(f.serialized_data, MEMFD_SER.size))[2:]
-        array = kho_restore_vmalloc(kho, desc) if nr_folios else None
+        kho = luo.kho
+        nr_folios, desc = self._memfd_luo_ser(luo, f)[-2:]
+        array = self._kho_restore_vmalloc(luo, desc) if nr_folios else None
         count = min(nr_folios, len(array or b"") // MEMFD_FOLIO_SER.size)
-        for i in range(count):
-            word = MEMFD_FOLIO_SER.unpack_from(array or b"", i * MEMFD_FOLIO_SER.size)[0]
-            phys = (word & ((1 << 52) - 1)) << 12
-            if phys and kho.kho_restore_folio(phys) is None:
+        for word, _ in _memfd_luo_folios(array or b"", count):
+            phys = (word & MEMFD_LUO_PFN_MASK) << 12
+            if not phys:
+                continue
+            order = kho.kho_restore_folio(phys)
+            if order is None:
                 luo.printk(
                     f"memfd_luo: Unable to restore folio at physical address: {phys:x}",
                     KERN_WARNING,
                 )
-        kho.kho_restore_folio(f.serialized_data)
+                continue
+            self._memfd_luo_discard_folio(luo, phys, order)
+        self._kho_restore_free(luo, f.serialized_data)
+
+    def _memfd_luo_discard_folio(self, luo: Luo, phys: int, order: int) -> None:
+        """A folio ``finish`` restored: 6.19/7.0's model keeps it restored (not freed)."""
+
+    def _kho_restore_vmalloc(self, luo: Luo, desc: bytes) -> bytes | None:
+        """``kho_restore_vmalloc`` of the folio list (6.19/7.0: its pages stay restored)."""
+        return kho_restore_vmalloc(luo.kho, desc)
+
+    def _kho_restore_free(self, luo: Luo, phys: int) -> None:
+        """``kho_restore_free(ser)``: 6.19/7.0's model restores the page and keeps it."""
+        luo.kho.kho_restore_folio(phys)
+
+
+def _memfd_luo_folios(array: bytes, count: int) -> list[tuple[int, int]]:
+    """The first ``count`` ``memfd_luo_folio_ser`` entries of a folio list: (pfn and
+    flags word, index)."""
+    step = MEMFD_FOLIO_SER.size
+    return [MEMFD_FOLIO_SER.unpack_from(array, i * step) for i in range(count)]
+
+
+def _memfd_luo_preserve_folios(luo: Luo, size: int) -> tuple[list[tuple[int, int, int]], bytes]:
+    """``memfd_luo_preserve_folios``: folios for every index (holes get pages; the
+    emulated shmem's folio sizes, :data:`MEMFD_LARGE_FOLIO_ORDER`), each preserved and
+    flagged DIRTY|UPTODATE, and their list in a preserved vmalloc area:
+    ``([(phys, order, index)], descriptor)``; ``([], zeros)`` for an empty file (no
+    folio list). On failure the folios preserved so far are unpreserved and freed."""
+    kho = luo.kho
+    folios: list[tuple[int, int, int]] = []
+    if not size:
+        return folios, bytes(KHO_VMALLOC.size)
+    try:
+        index, pages = 0, -(-size // PAGE_SIZE)
+        while index < pages:
+            order = MEMFD_LARGE_FOLIO_ORDER
+            if index % (1 << order) or pages - index < (1 << order):
+                order = 0
+            phys = kho.pages.alloc_pages(order)
+            if not phys:
+                luo.printk(f"memfd_luo: failed to pin folios: {-errno.ENOMEM}", KERN_ERR)
+                raise KernelError(errno.ENOMEM, "memfd folios")
+            folios.append((phys, order, index))
+            try:
+                kho.kho_preserve_folio(phys, order)
+            except KernelError:
+                kho.pages.free_pages(phys)
+                folios.pop()
+                raise
+            index += 1 << order
+        flags = MEMFD_LUO_FOLIO_DIRTY | MEMFD_LUO_FOLIO_UPTODATE
+        array = b"".join(
+            MEMFD_FOLIO_SER.pack((phys >> 12) | (flags << 52), idx) for phys, _, idx in folios
+        )
+        desc = kho_preserve_vmalloc(kho, array)
+    except KernelError:
+        for phys, order, _ in folios:
+            kho.kho_unpreserve_folio(phys, order)
+            kho.pages.free_pages(phys)
+        raise
+    return folios, desc
 
 
 def _readinto_at(source: LuoFileSource, offset: int, buf: memoryview) -> int:
@@ -593,6 +673,10 @@ class Luo:
     device_ops: dict[int, tuple[int, int]] = _DEVICE_OPS
     session_ops: dict[int, tuple[int, int, bool | None]] = _SESSION_OPS
     ksize: dict[int, int] = _KSIZE
+    #: what the ``LUO`` KHO entry is, as the message of a failed retrieve names it
+    luo_entry_kind = "FDT"
+    #: the memfd file handler ``memfd_luo_init`` registers
+    memfd_handler: type[MemfdLuo] = MemfdLuo
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
@@ -655,23 +739,43 @@ class Luo:
             )
 
     def _luo_early_startup(self) -> int:
+        """``luo_early_startup``: without KHO, no live update; no ``LUO`` entry, a first
+        boot; else the entry is read (:meth:`_luo_restore_incoming`). 0, or the errno the
+        kernel panics with."""
         if not self._kho_is_enabled():
             if self.enabled:
                 self.printk("luo: Disabling liveupdate because KHO is disabled", KERN_WARNING)
             self.enabled = False
             return 0
         try:
-            fdt_phys = self.kho.kho_retrieve_subtree(LUO_FDT_KHO_ENTRY_NAME)
+            phys, length = self._kho_retrieve_luo()
         except KernelError as exc:
             if exc.errno != errno.ENOENT:
                 self.printk(
-                    f"luo: failed to retrieve FDT '{LUO_FDT_KHO_ENTRY_NAME}' from KHO: "
-                    f"{errname(-exc.errno)}",
+                    f"luo: failed to retrieve {self.luo_entry_kind} '{LUO_FDT_KHO_ENTRY_NAME}' "
+                    f"from KHO: {errname(-exc.errno)}",
                     KERN_ERR,
                 )
                 return -exc.errno
             return 0
-        blob = self.mem.read(fdt_phys, LUO_FDT_SIZE)
+        return self._luo_restore_incoming(phys, length)
+
+    def _kho_retrieve_luo(self) -> tuple[int, int]:
+        """The ``LUO`` entry's address and size: a sub-FDT (``kho_retrieve_subtree``) of
+        one page. KernelError: the entry cannot be had (ENOENT: there is none)."""
+        return self.kho.kho_retrieve_subtree(LUO_FDT_KHO_ENTRY_NAME), LUO_FDT_SIZE
+
+    def _luo_retrieved(self, number: int, phys: int) -> None:
+        """The incoming live update number (logged signed, ``%lld``) and entry."""
+        self.liveupdate_num = number
+        signed = number - (1 << 64) if number >> 63 else number
+        self.printk(f"luo: Retrieved live update data, liveupdate number: {signed}")
+        self.fdt_in = phys
+
+    def _luo_restore_incoming(self, fdt_phys: int, size: int) -> int:
+        """The ``LUO`` FDT ``luo-v1``: its compatible, the live update number, the session
+        node and (7.0) the FLB node. 0 or a negative errno."""
+        blob = self.mem.read(fdt_phys, size)
         fdt: Fdt | None = None
         err = fdt_check_header(blob)
         if not err:
@@ -696,12 +800,7 @@ class Luo:
                 KERN_ERR,
             )
             return -errno.EINVAL
-        self.liveupdate_num = struct.unpack("<Q", value)[0]
-        signed = (
-            self.liveupdate_num - (1 << 64) if self.liveupdate_num >> 63 else self.liveupdate_num
-        )
-        self.printk(f"luo: Retrieved live update data, liveupdate number: {signed}")
-        self.fdt_in = fdt_phys
+        self._luo_retrieved(struct.unpack("<Q", value)[0], fdt_phys)
         err = self._session_setup_incoming(fdt)
         if err:
             return err
@@ -753,16 +852,21 @@ class Luo:
 
     def late_init(self) -> None:
         """late_initcalls: luo_late_startup, liveupdate_ioctl_init (kernel/liveupdate),
-        then memfd_luo_init (mm/)."""
-        if self.enabled:
-            try:
-                self._luo_fdt_setup()
-            except KernelError as exc:
-                self.printk(f"luo: failed to prepare LUO FDT: {-exc.errno}", KERN_ERR)
-                self.enabled = False
+        then memfd_luo_init (mm/, after kernel/ in link order)."""
+        if self.enabled and self.luo_late_startup():
+            self.enabled = False
         self.misc_registered = self.enabled
         if self.enabled:
-            self.handlers.append(MemfdLuo())
+            self.handlers.append(self.memfd_handler())
+
+    def luo_late_startup(self) -> int:
+        """The outgoing ``LUO`` FDT (:meth:`_luo_fdt_setup`). 0 or a negative errno."""
+        try:
+            self._luo_fdt_setup()
+        except KernelError as exc:
+            self.printk(f"luo: failed to prepare LUO FDT: {-exc.errno}", KERN_ERR)
+            return -exc.errno
+        return 0
 
     def _luo_fdt_setup(self) -> None:
         kho = self.kho
@@ -894,8 +998,10 @@ class Luo:
             return IoctlReply(SESSION_ARG.pack(size, -1, name)[:respond], session)
         assert isinstance(target, LuoSession)
         if cmd == LIVEUPDATE_SESSION_FINISH:
-            self.luo_session_finish_one(target)
+            self.luo_session_finish(target, raw)
             return IoctlReply(raw[:respond])
+        if cmd == LIVEUPDATE_SESSION_GET_NAME:
+            return IoctlReply(self.luo_session_get_name(target, raw)[:respond])
         size, _fd, token = FD_ARG.unpack(raw)
         if cmd == LIVEUPDATE_SESSION_PRESERVE_FD:
             self.luo_preserve_file(target, token, source)
@@ -903,16 +1009,36 @@ class Luo:
         restored = self.luo_retrieve_file(target, token)
         return IoctlReply(FD_ARG.pack(size, -1, token)[:respond], restored)
 
+    def luo_session_finish(self, session: LuoSession, raw: bytes) -> None:
+        """``LIVEUPDATE_SESSION_FINISH`` with its argument ``raw``."""
+        self.luo_session_finish_one(session)
+
+    def luo_session_get_name(self, session: LuoSession, raw: bytes) -> bytes:
+        """``LIVEUPDATE_SESSION_GET_NAME`` (after 7.0): the argument to copy back. Only a
+        release whose ``session_ops`` has the command gets here."""
+        raise KernelError(errno.ENOTTY, "unknown command")
+
     # -- sessions ---------------------------------------------------------------------------
     def luo_session_create(self, raw_name: bytes) -> LuoSession:
-        session = LuoSession(_strscpy_name(raw_name), incoming=False)
-        if len(self.outgoing) == LUO_SESSION_MAX:
-            raise KernelError(errno.ENOMEM, "no room in the session array")
+        """A new outgoing session: room for it (:meth:`_luo_session_reserve`), then a name
+        not in use (EEXIST)."""
+        session = self._luo_session_new(raw_name)
+        self._luo_session_reserve()
         if any(_strncmp64(s.name, session.name) for s in self.outgoing):
             raise KernelError(errno.EEXIST, "session name in use")
         self.outgoing.append(session)
         self.kernel.changed()
         return session
+
+    def _luo_session_new(self, raw_name: bytes) -> LuoSession:
+        """``luo_session_alloc``: the name as ``strscpy`` copies it."""
+        return LuoSession(_strscpy_name(raw_name), incoming=False)
+
+    def _luo_session_reserve(self) -> None:
+        """Room for one more outgoing session: the session array holds
+        :data:`LUO_SESSION_MAX` (ENOMEM)."""
+        if len(self.outgoing) == LUO_SESSION_MAX:
+            raise KernelError(errno.ENOMEM, "no room in the session array")
 
     def luo_session_retrieve(self, raw_name: bytes) -> LuoSession:
         session = next((s for s in self.incoming if _strncmp64(s.name, raw_name)), None)
@@ -961,8 +1087,20 @@ class Luo:
         while session.files:
             f = session.files.pop()
             f.handler.finish(self, f)
-            if f.restored is not None:
-                f.restored.release()
+            self._luo_file_finished(session, f)
+        self.luo_file_set_destroy(session)
+
+    def _luo_file_finished(self, session: LuoSession, f: LuoFile) -> None:
+        """A file finished and taken off its session: LUO drops the retrieved file."""
+        if f.restored is not None:
+            f.restored.release()
+
+    def luo_file_set_destroy(self, session: LuoSession) -> None:
+        """The session's file records once its files are gone: an outgoing session's
+        array is unpreserved and freed, an incoming one's restored (``kho_restore_free``)."""
+        if session.files_mem:
+            kho_unpreserve_free(self.kho, session.files_mem)
+            session.files_mem = 0
         if session.file_set_files:
             self.kho.kho_restore_folio(session.file_set_files)
             session.file_set_files = 0
@@ -1006,20 +1144,26 @@ class Luo:
             raise KernelError(errno.ENOENT, "no such token")
         if f.retrieved and f.restored is not None:
             return f.restored
-        f.restored = f.handler.retrieve(self, f)
+        f.restored = self._luo_file_retrieve(f)
         f.retrieved = True
         return f.restored
+
+    def _luo_file_retrieve(self, f: LuoFile) -> RestoredFile:
+        """The handler's ``retrieve`` of a file not retrieved yet."""
+        return f.handler.retrieve(self, f)
 
     def luo_file_unpreserve_files(self, session: LuoSession) -> None:
         while session.files:
             f = session.files.pop()
             f.handler.unpreserve(self, f)
+            self._luo_file_unpreserved(session, f)
             if f.source is not None:
                 f.source.release()
                 f.source = None
-        if session.files_mem:
-            kho_unpreserve_free(self.kho, session.files_mem)
-            session.files_mem = 0
+        self.luo_file_set_destroy(session)
+
+    def _luo_file_unpreserved(self, session: LuoSession, f: LuoFile) -> None:
+        """A file unpreserved and taken off its session, before LUO lets go of it."""
 
     # -- the next kernel: deserialize at the first open ----------------------------------------
     def luo_session_deserialize(self) -> int:
@@ -1034,17 +1178,36 @@ class Luo:
             at = self.in_header + SESSION_HEADER_SER.size + i * SESSION_SER.size
             name, files, nfiles = SESSION_SER.unpack(mem.read(at, SESSION_SER.size))
             session = LuoSession(_strscpy_name(name), incoming=True)
-            if any(_strncmp64(s.name, session.name) for s in self.incoming):
-                self.printk(
-                    f"luo: Failed to insert session [{session.display_name}] -EEXIST", KERN_WARNING
-                )
-                self.deserialized = -errno.EEXIST
-                return self.deserialized
-            self.incoming.append(session)
+            err = self._luo_session_insert(session)
+            if err:
+                self.deserialized = err
+                return err
             self._luo_file_deserialize(session, files, nfiles)
         kho.kho_restore_folio(self.in_header)  # kho_restore_free
         self.kernel.changed()
         return 0
+
+    def _luo_session_insert(self, session: LuoSession) -> int:
+        """An incoming session onto the list; a name already there is EEXIST."""
+        if any(_strncmp64(s.name, session.name) for s in self.incoming):
+            self.printk(
+                f"luo: Failed to insert session [{session.display_name}] {errname(-errno.EEXIST)}",
+                KERN_WARNING,
+            )
+            return -errno.EEXIST
+        self.incoming.append(session)
+        return 0
+
+    def _luo_file_handler(self, compat: bytes) -> FileHandler | None:
+        """The handler registered for a file record's ``compatible`` (None: logged)."""
+        text = compat.split(b"\0", 1)[0]
+        handler = next((h for h in self.handlers if h.compatible.encode() == text), None)
+        if handler is None:
+            self.printk(
+                f"luo: No registered handler for compatible '{text.decode('latin-1')}'",
+                KERN_WARNING,
+            )
+        return handler
 
     def _luo_file_deserialize(self, session: LuoSession, files: int, count: int) -> None:
         """Failures are logged and the session keeps the files read so far (the
@@ -1056,31 +1219,33 @@ class Luo:
             compat, data, token = FILE_SER.unpack(
                 self.mem.read(files + i * FILE_SER.size, FILE_SER.size)
             )
-            text = compat.split(b"\0", 1)[0]
-            handler = next((h for h in self.handlers if h.compatible.encode() == text), None)
+            handler = self._luo_file_handler(compat)
             if handler is None:
-                self.printk(
-                    f"luo: No registered handler for compatible '{text.decode('latin-1')}'",
-                    KERN_WARNING,
-                )
                 return
             session.files.append(LuoFile(handler, token, data))
 
     # -- reboot(LINUX_REBOOT_CMD_KEXEC) ------------------------------------------------------
     def liveupdate_reboot(self) -> None:
-        """Freeze every outgoing session into preserved memory, then finalize KHO.
+        """Freeze every outgoing session into preserved memory, write the FLB count,
+        then finalize KHO (a release without ``kho_finalize``, 7.2, stops before).
         KernelError: the freeze's errno, or EAGAIN when ``kho_finalize`` fails."""
         if not self.enabled:
             return
         err = self.luo_session_serialize()
         if err:
             raise KernelError(-err, "session serialization failed")
-        if self.out_flb_header:
-            self.mem.write(self.out_flb_header, FLB_HEADER_SER.pack(LUO_FLB_PGCNT, 0))
+        self.luo_flb_serialize()
+        if not self.release.has_finalize:
+            return  # 7.2: no kho_finalize
         err = self.kho.kho_finalize()
         if err:
             self.printk(f"luo: kho_finalize failed {err}", KERN_ERR)
             raise KernelError(errno.EAGAIN, "kho_finalize failed")
+
+    def luo_flb_serialize(self) -> None:
+        """The FLB header: no FLB is registered, its count is 0."""
+        if self.out_flb_header:
+            self.mem.write(self.out_flb_header, FLB_HEADER_SER.pack(LUO_FLB_PGCNT, 0))
 
     def luo_session_serialize(self) -> int:
         mem = self.mem
@@ -1100,18 +1265,24 @@ class Luo:
         mem.write(self.out_header, SESSION_HEADER_SER.pack(len(self.outgoing)))
         return 0
 
+    def _luo_file_freeze_one(self, f: LuoFile) -> int:
+        """The handler's ``freeze``: 0, or its negative errno (logged)."""
+        err = f.handler.freeze(self, f)
+        if err:
+            self.printk(
+                f"luo: Freeze failed for token[{f.token:#x}] handler[{f.handler.compatible}] "
+                f"err[{errname(err)}]",
+                KERN_WARNING,
+            )
+        return err
+
     def _luo_file_freeze(self, session: LuoSession) -> tuple[int, tuple[int, int]]:
         if not session.files:
             return 0, (0, 0)
         records = []
         for i, f in enumerate(session.files):
-            err = f.handler.freeze(self, f)
+            err = self._luo_file_freeze_one(f)
             if err:
-                self.printk(
-                    f"luo: Freeze failed for token[{f.token:#x}] handler[{f.handler.compatible}] "
-                    f"err[{errname(err)}]",
-                    KERN_WARNING,
-                )
                 for prev in session.files[:i]:
                     prev.handler.unfreeze(self, prev)
                 self.mem.write(session.files_mem, bytes(LUO_FILE_PGCNT * PAGE_SIZE))

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import struct
-from functools import partial
 from typing import TYPE_CHECKING, cast
 
 from kho_fs.model.dmesg import KERN_ERR, KERN_WARNING
@@ -44,36 +43,27 @@ from kho_fs.model.luo import (
     _DEVICE_OPS,
     _KSIZE,
     _SESSION_OPS,
-    FILE_KIND_MEMFD,
     FILE_SER,
-    KHO_VMALLOC,
     LIVEUPDATE_CMD_SESSION_GET_NAME,
     LIVEUPDATE_HNDL_COMPAT_LENGTH,
-    LIVEUPDATE_SESSION_FINISH,
     LIVEUPDATE_SESSION_GET_NAME,
     LIVEUPDATE_SESSION_NAME_LENGTH,
     MAX_INCOMING_ITEMS,
     MEMFD_FOLIO_SER,
-    MEMFD_LARGE_FOLIO_ORDER,
-    MEMFD_LUO_FOLIO_DIRTY,
-    MEMFD_LUO_FOLIO_UPTODATE,
+    MEMFD_LUO_PFN_MASK,
     SESSION_SER,
     FileHandler,
-    IoctlReply,
     Luo,
-    LuoDevice,
     LuoFile,
     LuoFileSource,
     LuoSession,
+    MemfdLuo,
     RestoredFile,
-    _readinto_at,
-    _strncmp64,
+    _memfd_luo_folios,
     _strscpy_name,
     _vmalloc_walk,
     errname,
-    kho_preserve_vmalloc,
     kho_unpreserve_free,
-    kho_unpreserve_vmalloc,
 )
 from kho_fs.model.units import PAGE_SIZE
 
@@ -107,7 +97,6 @@ FINISH_RESERVED = struct.Struct("<II")
 MEMFD_LUO_FH_COMPATIBLE_V2 = "memfd-v2"
 #: ``struct memfd_luo_ser`` (packed): pos, size, u32 seals, u32 flags, nr_folios, folios
 MEMFD_SER_V2 = struct.Struct("<QQIIQ16s")
-MEMFD_SER_V2_FOLIOS = 32  # offsetof(struct memfd_luo_ser, folios)
 F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 0x1, 0x2, 0x4, 0x8
 F_SEAL_FUTURE_WRITE, F_SEAL_EXEC = 0x10, 0x20
 MEMFD_LUO_ALL_SEALS = (
@@ -196,207 +185,86 @@ def kho_restore_vmalloc_free(kho: KhoBlobEra, desc: bytes) -> bytes | None:
 
 
 # -- mm/memfd_luo.c of 7.2 ------------------------------------------------------------------------
-class MemfdLuoV2:
+class MemfdLuoV2(MemfdLuo):
     """mm/memfd_luo.c in 7.2 (``memfd-v2``): size, position, seals and contents.
 
-    As in 6.19 (:class:`kho_fs.model.luo.MemfdLuo`) the folios covering the whole size
-    are allocated and preserved at preserve time and the file's bytes copied into them at
-    freeze. New: the seals (``memfd_get_seals``; a memfd created without
-    ``MFD_ALLOW_SEALING`` has ``F_SEAL_SEAL``) are recorded -- unknown ones are
-    EOPNOTSUPP -- and applied to the retrieved file; a file of more than ``UINT_MAX``
-    pages is EFBIG; ``flags`` is 0.
+    As in 6.19 (:class:`kho_fs.model.luo.MemfdLuo`, whose preserve, unpreserve, freeze,
+    finish and folio walks this is) the folios covering the whole size are allocated and
+    preserved at preserve time and the file's bytes copied into them at freeze. New: the
+    seals (``memfd_get_seals``; a memfd created without ``MFD_ALLOW_SEALING`` has
+    ``F_SEAL_SEAL``) are recorded -- unknown ones are EOPNOTSUPP -- and applied to the
+    retrieved file; a file of more than ``UINT_MAX`` pages is EFBIG; ``flags`` is 0. What
+    the receiving side restores and does not hand to the file goes back to the page
+    allocator (``kho_restore_free``), and ``retrieve`` checks and unwinds as 7.2 does.
     """
 
     compatible = MEMFD_LUO_FH_COMPATIBLE_V2
-
-    def can_preserve(self, source: LuoFileSource) -> bool:
-        return source.kind() == FILE_KIND_MEMFD
+    ser = MEMFD_SER_V2
 
     def _seals(self, source: LuoFileSource) -> int:
         seals = getattr(source, "seals", None)
         return int(seals()) if callable(seals) else F_SEAL_SEAL
 
-    def preserve(self, luo: Luo, f: LuoFile) -> None:
-        assert f.source is not None
-        kho = luo.kho
-        ser = kho.kho_alloc_preserve(MEMFD_SER_V2.size)
-        try:
-            seals = self._seals(f.source)
-            if seals & ~MEMFD_LUO_ALL_SEALS:
-                raise KernelError(errno.EOPNOTSUPP, "seals this version cannot preserve")
-            pos = f.source.pos()
-            size = f.source.size()
-            if -(-size // PAGE_SIZE) > UINT_MAX:
-                raise KernelError(errno.EFBIG, "more than UINT_MAX pages")
-            folios, desc = _memfd_luo_preserve_folios(luo, size)
-        except BaseException:  # KernelError, or OSError from the transport's file
-            kho_unpreserve_free(kho, ser)
-            raise
-        luo.mem.write(ser, MEMFD_SER_V2.pack(pos, size, seals, 0, len(folios), desc))
-        f.serialized_data = ser
-        f.private = folios
-
-    def unpreserve(self, luo: Luo, f: LuoFile) -> None:
-        kho = luo.kho
-        folios: list[tuple[int, int, int]] = f.private  # type: ignore[assignment]
-        if folios:
-            desc = luo.mem.read(f.serialized_data + MEMFD_SER_V2_FOLIOS, KHO_VMALLOC.size)
-            kho_unpreserve_vmalloc(kho, desc)
-        for phys, order, _ in folios:
-            kho.kho_unpreserve_folio(phys, order)
-            kho.pages.free_pages(phys)
-        kho_unpreserve_free(kho, f.serialized_data)
-        f.private = []
-
-    def freeze(self, luo: Luo, f: LuoFile) -> int:
-        """``memfd_luo_freeze`` records the position; the model also copies the file's
-        bytes into its folios here (docs/luo.md, "When the bytes move")."""
-        assert f.source is not None
-        source, mem = f.source, luo.mem
-        size = MEMFD_SER_V2.unpack(mem.read(f.serialized_data, MEMFD_SER_V2.size))[1]
-        folios: list[tuple[int, int, int]] = f.private  # type: ignore[assignment]
-        try:
-            for phys, order, index in folios:
-                offset = index * PAGE_SIZE
-                length = min(PAGE_SIZE << order, size - offset)
-                got = mem.fill(phys, length, partial(_readinto_at, source, offset))
-                if got < length:
-                    mem.zero(phys + got, (PAGE_SIZE << order) - got)
-            mem.write(f.serialized_data, _U64.pack(source.pos()))
-        except OSError as exc:
-            return -(exc.errno or errno.EIO)
-        return 0
-
-    def unfreeze(self, luo: Luo, f: LuoFile) -> None:
-        pass
+    def _memfd_luo_ser_fields(self, source: LuoFileSource) -> tuple[int, ...]:
+        """pos, size, seals, flags: seals this version does not know are EOPNOTSUPP, more
+        than ``UINT_MAX`` pages EFBIG."""
+        seals = self._seals(source)
+        if seals & ~MEMFD_LUO_ALL_SEALS:
+            raise KernelError(errno.EOPNOTSUPP, "seals this version cannot preserve")
+        pos = source.pos()
+        size = source.size()
+        if -(-size // PAGE_SIZE) > UINT_MAX:
+            raise KernelError(errno.EFBIG, "more than UINT_MAX pages")
+        return pos, size, seals, 0
 
     def retrieve(self, luo: Luo, f: LuoFile) -> RestoredFile:
-        kho = _blob_kho(luo)
+        """``memfd_luo_retrieve``: no serialized data is EINVAL, unknown seals EOPNOTSUPP,
+        a folio list that cannot be restored EINVAL, a folio EIO; the serialization page
+        is freed whatever happens."""
         if not f.serialized_data:
             raise KernelError(errno.EINVAL, "no serialized data")
-        mem = luo.mem
-        pos, size, seals, _flags, nr_folios, desc = MEMFD_SER_V2.unpack(
-            mem.read(f.serialized_data, MEMFD_SER_V2.size)
-        )
+        pos, size, seals, _flags, nr_folios, desc = self._memfd_luo_ser(luo, f)
         try:
             if seals & ~MEMFD_LUO_ALL_SEALS:
                 raise KernelError(errno.EOPNOTSUPP, "seals this version cannot restore")
             extents: list[tuple[int, int, int]] = []
             if nr_folios:
-                array = kho_restore_vmalloc_free(kho, desc)
+                array = self._kho_restore_vmalloc(luo, desc)
                 if array is None:
                     raise KernelError(errno.EINVAL, "folio list")
-                extents = _memfd_luo_retrieve_folios(luo, array, nr_folios, size)
+                count = min(nr_folios, MAX_INCOMING_ITEMS, len(array) // MEMFD_FOLIO_SER.size)
+                entries = _memfd_luo_folios(array, count)
+                extents = self._memfd_luo_retrieve_folios(luo, entries, size)
         finally:
-            kho_restore_free(kho, f.serialized_data)
+            self._kho_restore_free(luo, f.serialized_data)
         return RestoredFile(size, pos, extents, seals)
 
-    def can_finish(self, luo: Luo, f: LuoFile) -> bool:
-        return True  # memfd_luo has no .can_finish
-
-    def finish(self, luo: Luo, f: LuoFile) -> None:
-        """``memfd_luo_finish``: only a file whose retrieve was never tried still owns its
-        folios; they are restored and freed (``memfd_luo_discard_folios``)."""
-        if getattr(f, "retrieve_status", 0) or not f.serialized_data:
-            return
+    def _memfd_luo_retrieve_failed(
+        self, luo: Luo, restored: list[tuple[int, int]], rest: list[tuple[int, int]]
+    ) -> None:
+        """The folios restored so far go with the file (freed at its ``fput``), the rest
+        are restored and freed."""
         kho = _blob_kho(luo)
-        nr_folios, desc = MEMFD_SER_V2.unpack(luo.mem.read(f.serialized_data, MEMFD_SER_V2.size))[
-            4:
-        ]
-        if nr_folios:
-            array = kho_restore_vmalloc_free(kho, desc)
-            if array is not None:
-                count = min(nr_folios, len(array) // MEMFD_FOLIO_SER.size)
-                for i in range(count):
-                    word = MEMFD_FOLIO_SER.unpack_from(array, i * MEMFD_FOLIO_SER.size)[0]
-                    pfn = word & ((1 << 52) - 1)
-                    if not pfn:
-                        continue
-                    order = kho.kho_restore_folio(pfn << 12)
-                    if order is None:
-                        luo.printk(
-                            "memfd_luo: Unable to restore folio at physical address: "
-                            f"{pfn << 12:x}",
-                            KERN_WARNING,
-                        )
-                        continue
-                    kho.pages.free_restored(pfn << 12, order)
-        kho_restore_free(kho, f.serialized_data)
+        for done, order in restored:
+            kho.pages.free_restored(done, order)
+        for later, _ in rest:
+            later_pfn = later & MEMFD_LUO_PFN_MASK
+            if later_pfn:
+                kho.kho_restore_free(later_pfn << 12)
 
+    def _memfd_luo_retrieve_tried(self, f: LuoFile) -> bool:
+        """7.2 asks ``retrieve_status``: a retrieve that failed took the folios too (and
+        a file without serialized data has none)."""
+        return bool(getattr(f, "retrieve_status", 0)) or not f.serialized_data
 
-def _memfd_luo_preserve_folios(luo: Luo, size: int) -> tuple[list[tuple[int, int, int]], bytes]:
-    """``memfd_luo_preserve_folios``: folios for every index (holes get pages; the
-    emulated shmem's folio sizes as in :class:`MemfdLuo`), each preserved and flagged
-    DIRTY|UPTODATE, and their list in a preserved vmalloc area. ``([], zeros)`` for an
-    empty file (no folio list)."""
-    kho = luo.kho
-    folios: list[tuple[int, int, int]] = []  # (phys, order, index)
-    if not size:
-        return folios, bytes(KHO_VMALLOC.size)
-    try:
-        index, pages = 0, -(-size // PAGE_SIZE)
-        while index < pages:
-            order = MEMFD_LARGE_FOLIO_ORDER
-            if index % (1 << order) or pages - index < (1 << order):
-                order = 0
-            phys = kho.pages.alloc_pages(order)
-            if not phys:
-                luo.printk(f"memfd_luo: failed to pin folios: {-errno.ENOMEM}", KERN_ERR)
-                raise KernelError(errno.ENOMEM, "memfd folios")
-            folios.append((phys, order, index))
-            try:
-                kho.kho_preserve_folio(phys, order)
-            except KernelError:
-                kho.pages.free_pages(phys)
-                folios.pop()
-                raise
-            index += 1 << order
-        flags = MEMFD_LUO_FOLIO_DIRTY | MEMFD_LUO_FOLIO_UPTODATE
-        array = b"".join(
-            MEMFD_FOLIO_SER.pack((phys >> 12) | (flags << 52), idx) for phys, _, idx in folios
-        )
-        desc = kho_preserve_vmalloc(kho, array)
-    except KernelError:
-        for phys, order, _ in folios:
-            kho.kho_unpreserve_folio(phys, order)
-            kho.pages.free_pages(phys)
-        raise
-    return folios, desc
+    def _memfd_luo_discard_folio(self, luo: Luo, phys: int, order: int) -> None:
+        luo.kho.pages.free_restored(phys, order)
 
+    def _kho_restore_vmalloc(self, luo: Luo, desc: bytes) -> bytes | None:
+        return kho_restore_vmalloc_free(_blob_kho(luo), desc)
 
-def _memfd_luo_retrieve_folios(
-    luo: Luo, array: bytes, nr_folios: int, size: int
-) -> list[tuple[int, int, int]]:
-    """``memfd_luo_retrieve_folios``: every listed folio restored into the new file. A
-    folio that cannot be restored is EIO (``Unable to restore folio …``); the folios
-    restored so far go with the file, the rest are restored and freed."""
-    kho = _blob_kho(luo)
-    count = min(nr_folios, MAX_INCOMING_ITEMS, len(array) // MEMFD_FOLIO_SER.size)
-    entries = [MEMFD_FOLIO_SER.unpack_from(array, i * MEMFD_FOLIO_SER.size) for i in range(count)]
-    extents: list[tuple[int, int, int]] = []
-    restored: list[tuple[int, int]] = []
-    for i, (word, index) in enumerate(entries):
-        pfn = word & ((1 << 52) - 1)
-        if not pfn:
-            continue
-        phys = pfn << 12
-        order = kho.kho_restore_folio(phys)
-        if order is None:
-            luo.printk(
-                f"memfd_luo: Unable to restore folio at physical address: {phys:x}", KERN_ERR
-            )
-            for done, o in restored:  # freed with the file (fput)
-                kho.pages.free_restored(done, o)
-            for later, _ in entries[i + 1 :]:
-                later_pfn = later & ((1 << 52) - 1)
-                if later_pfn:
-                    kho.kho_restore_free(later_pfn << 12)
-            raise KernelError(errno.EIO, "folio")
-        restored.append((phys, order))
-        offset = index * PAGE_SIZE
-        if offset < size:
-            extents.append((offset, phys, min(PAGE_SIZE << order, size - offset)))
-    return extents
+    def _kho_restore_free(self, luo: Luo, phys: int) -> None:
+        kho_restore_free(_blob_kho(luo), phys)
 
 
 def _blob_kho(luo: Luo) -> KhoBlobEra:
@@ -420,6 +288,8 @@ class LuoV5(Luo):
     device_ops = _DEVICE_OPS
     session_ops = _SESSION_OPS_V5
     ksize = _KSIZE_V5
+    luo_entry_kind = "LUO state"
+    memfd_handler = MemfdLuoV2
 
     def __init__(self, kernel: Kernel) -> None:
         super().__init__(kernel)
@@ -438,26 +308,14 @@ class LuoV5(Luo):
         return KhoBlockSet(_blob_kho(self), FILE_SER.size)
 
     # -- boot: luo_early_startup ------------------------------------------------------
-    def _luo_early_startup(self) -> int:
+    def _kho_retrieve_luo(self) -> tuple[int, int]:
+        """The ``LUO`` entry is a sized blob (``kho_retrieve_blob``)."""
+        return _blob_kho(self).kho_retrieve_blob(LUO_KHO_ENTRY_NAME)
+
+    def _luo_restore_incoming(self, phys: int, length: int) -> int:
         """Read the incoming ``struct luo_ser``: its size and compatible, the number, the
-        session chain; then free it. 0, or the errno the kernel panics with."""
-        if not self._kho_is_enabled():
-            if self.enabled:
-                self.printk("luo: Disabling liveupdate because KHO is disabled", KERN_WARNING)
-            self.enabled = False
-            return 0
+        session chain; then free it. 0 or a negative errno."""
         kho = _blob_kho(self)
-        try:
-            phys, length = kho.kho_retrieve_blob(LUO_KHO_ENTRY_NAME)
-        except KernelError as exc:
-            if exc.errno != errno.ENOENT:
-                self.printk(
-                    f"luo: failed to retrieve LUO state '{LUO_KHO_ENTRY_NAME}' from KHO: "
-                    f"{errname(-exc.errno)}",
-                    KERN_ERR,
-                )
-                return -exc.errno
-            return 0
         if length < LUO_SER.size:
             self.printk(f"luo: LUO state is too small ({length} < {LUO_SER.size})", KERN_ERR)
             return -errno.EINVAL
@@ -465,10 +323,7 @@ class LuoV5(Luo):
         if _cstr(compat) != LUO_ABI_COMPATIBLE.encode():  # strncmp(…, LUO_ABI_COMPAT_LEN)
             self.printk(f"luo: LUO state is incompatible with '{LUO_ABI_COMPATIBLE}'", KERN_ERR)
             return -errno.EINVAL
-        self.liveupdate_num = number
-        signed = number - (1 << 64) if number >> 63 else number
-        self.printk(f"luo: Retrieved live update data, liveupdate number: {signed}")
-        self.fdt_in = phys
+        self._luo_retrieved(number, phys)
         err = self.luo_session_setup_incoming(sessions_pa)
         if not err:
             self.luo_flb_setup_incoming(flbs_pa)
@@ -489,15 +344,10 @@ class LuoV5(Luo):
         so nothing reads it (and its page stays reserved)."""
         self.in_flb_header = flbs_pa
 
-    # -- boot: late initcalls -------------------------------------------------------------
-    def late_init(self) -> None:
-        """``luo_late_startup`` (``luo_state_setup``), ``liveupdate_ioctl_init``, then
-        ``memfd_luo_init`` (mm/, after kernel/ in link order)."""
-        if self.enabled and self.luo_state_setup():
-            self.enabled = False
-        self.misc_registered = self.enabled
-        if self.enabled:
-            self.handlers.append(MemfdLuoV2())
+    # -- boot: late initcalls (Luo.late_init) ----------------------------------------------
+    def luo_late_startup(self) -> int:
+        """``luo_late_startup`` of 7.2 is ``luo_state_setup``."""
+        return self.luo_state_setup()
 
     def luo_state_setup(self) -> int:
         """The outgoing ``struct luo_ser`` (number + 1, no sessions yet), the FLB page,
@@ -534,66 +384,54 @@ class LuoV5(Luo):
         return 0
 
     # -- the ioctls that differ ------------------------------------------------------------
-    def _execute(
-        self,
-        target: LuoDevice | LuoSession,
-        cmd: int,
-        raw: bytes,
-        respond: int,
-        source: LuoFileSource | None,
-    ) -> IoctlReply:
-        if cmd == LIVEUPDATE_SESSION_GET_NAME:
-            assert isinstance(target, LuoSession)
-            _size, reserved, _name = GET_NAME_ARG.unpack(raw)
-            if reserved:
-                raise KernelError(errno.EINVAL, "reserved is not zero")
-            out = bytearray(raw)  # strscpy: the rest of the field keeps the caller's bytes
-            name = _strscpy_bytes(target.name, LIVEUPDATE_SESSION_NAME_LENGTH)
-            out[8 : 8 + len(name)] = name
-            return IoctlReply(bytes(out[:respond]))
-        if cmd == LIVEUPDATE_SESSION_FINISH and FINISH_RESERVED.unpack(raw)[1]:
+    def luo_session_get_name(self, session: LuoSession, raw: bytes) -> bytes:
+        _size, reserved, _name = GET_NAME_ARG.unpack(raw)
+        if reserved:
             raise KernelError(errno.EINVAL, "reserved is not zero")
-        return super()._execute(target, cmd, raw, respond, source)
+        out = bytearray(raw)  # strscpy: the rest of the field keeps the caller's bytes
+        name = _strscpy_bytes(session.name, LIVEUPDATE_SESSION_NAME_LENGTH)
+        out[8 : 8 + len(name)] = name
+        return bytes(out)
+
+    def luo_session_finish(self, session: LuoSession, raw: bytes) -> None:
+        """7.2 refuses a non-zero ``reserved`` (EINVAL)."""
+        if FINISH_RESERVED.unpack(raw)[1]:
+            raise KernelError(errno.EINVAL, "reserved is not zero")
+        self.luo_session_finish_one(session)
 
     # -- sessions ----------------------------------------------------------------------------
-    def luo_session_create(self, raw_name: bytes) -> LuoSession:
-        """A name of 1 to 63 bytes (EINVAL), room in the session chain (a new block when
-        the last is full: ENOMEM, ENOSPC), a name not in use (EEXIST). The block grown
-        for a duplicate name stays (the kernel grows before it compares)."""
+    def _luo_session_new(self, raw_name: bytes) -> LuoSession:
+        """A name of 1 to 63 bytes (EINVAL)."""
         name = raw_name[:LIVEUPDATE_SESSION_NAME_LENGTH].split(b"\0", 1)[0]
         if not name or len(name) > LIVEUPDATE_SESSION_NAME_LENGTH - 1:
             raise KernelError(errno.EINVAL, "session name of 0 or 64 bytes")
-        session = LuoSessionV5(name, incoming=False, file_set=self.new_file_set())
+        return LuoSessionV5(name, incoming=False, file_set=self.new_file_set())
+
+    def _luo_session_reserve(self) -> None:
+        """Room in the session chain: a new block when the last is full (ENOMEM,
+        ENOSPC). The block grown for a duplicate name stays (the kernel grows before it
+        compares)."""
         err = self.sessions_out.kho_block_set_grow(len(self.outgoing) + 1)
         if err:
             raise KernelError(-err, "no room for the session record")
-        if any(_strncmp64(s.name, session.name) for s in self.outgoing):
-            raise KernelError(errno.EEXIST, "session name in use")
-        self.outgoing.append(session)
-        self.kernel.changed()
-        return session
 
     def luo_session_remove(self, session: LuoSession) -> None:
         super().luo_session_remove(session)
         if not session.retrieved:
             self.sessions_out.kho_block_set_shrink(len(self.outgoing))
 
-    def luo_session_finish_one(self, session: LuoSession) -> None:
-        """``luo_file_finish``: every file must agree (EBUSY), then each is finished from
-        the last, its record block released as the count drops, and the chain freed."""
+    def _luo_file_finished(self, session: LuoSession, f: LuoFile) -> None:
+        """``luo_file_finish`` of 7.2: the file leaves the retrieved ones, its record
+        block is released as the count drops."""
         assert isinstance(session, LuoSessionV5)
-        if not session.files:
-            return
-        for f in session.files:
-            if not f.handler.can_finish(self, f):
-                raise KernelError(errno.EBUSY, "a file cannot finish")
-        while session.files:
-            f = session.files.pop()
-            f.handler.finish(self, f)
-            if f.restored is not None:
-                self.retrieved_files.pop(id(f), None)
-                f.restored.release()
-            session.file_set.kho_block_set_shrink(len(session.files))
+        if f.restored is not None:
+            self.retrieved_files.pop(id(f), None)
+        super()._luo_file_finished(session, f)
+        session.file_set.kho_block_set_shrink(len(session.files))
+
+    def luo_file_set_destroy(self, session: LuoSession) -> None:
+        """The session's record chain is freed (``kho_block_set_destroy``)."""
+        assert isinstance(session, LuoSessionV5)
         session.file_set.kho_block_set_destroy()
 
     # -- files ---------------------------------------------------------------------------------
@@ -641,38 +479,28 @@ class LuoV5(Luo):
         session.files.append(f)
         self.kernel.changed()
 
-    def luo_retrieve_file(self, session: LuoSession, token: int) -> RestoredFile:
-        f = next((f for f in session.files if f.token == token), None)
-        if f is None:
-            raise KernelError(errno.ENOENT, "no such token")
+    def _luo_file_retrieve(self, f: LuoFile) -> RestoredFile:
+        """A retrieve that failed fails again with its errno (``retrieve_status``); one
+        that succeeds puts the file among the retrieved ones."""
         assert isinstance(f, LuoFileV5)
         if f.retrieve_status < 0:
             raise KernelError(-f.retrieve_status, "the retrieve failed before")
-        if f.retrieve_status > 0 and f.restored is not None:
-            return f.restored
         try:
             restored = f.handler.retrieve(self, f)
         except KernelError as exc:
             f.retrieve_status = -exc.errno
             raise
-        f.restored = restored
-        f.retrieved = True
         f.retrieve_status = 1
         self.retrieved_files[id(f)] = f
         return restored
 
-    def luo_file_unpreserve_files(self, session: LuoSession) -> None:
+    def _luo_file_unpreserved(self, session: LuoSession, f: LuoFile) -> None:
+        """The file leaves ``luo_preserved_files``; its record block is released as the
+        count drops."""
         assert isinstance(session, LuoSessionV5)
-        while session.files:
-            f = session.files.pop()
-            f.handler.unpreserve(self, f)
-            if isinstance(f, LuoFileV5):
-                self.preserved_files.pop(f.file_id, None)
-            session.file_set.kho_block_set_shrink(len(session.files))
-            if f.source is not None:
-                f.source.release()
-                f.source = None
-        session.file_set.kho_block_set_destroy()
+        if isinstance(f, LuoFileV5):
+            self.preserved_files.pop(f.file_id, None)
+        session.file_set.kho_block_set_shrink(len(session.files))
 
     # -- the next kernel: deserialize at the first open ----------------------------------------
     def luo_session_deserialize(self) -> int:
@@ -701,13 +529,9 @@ class LuoV5(Luo):
     def _luo_session_deserialize_one(self, ser: int) -> int:
         name, files, count = SESSION_SER.unpack(self.mem.read(ser, SESSION_SER.size))
         session = LuoSessionV5(_strscpy_name(name), incoming=True, file_set=self.new_file_set())
-        if any(_strncmp64(s.name, session.name) for s in self.incoming):
-            self.printk(
-                f"luo: Failed to insert session [{session.display_name}] {errname(-errno.EEXIST)}",
-                KERN_WARNING,
-            )
-            return -errno.EEXIST
-        self.incoming.append(session)
+        err = self._luo_session_insert(session)
+        if err:
+            return err
         err = self.luo_file_deserialize(session, files, count)
         if err:
             self.printk(
@@ -731,13 +555,8 @@ class LuoV5(Luo):
             if not at:
                 break
             compat, data, token = FILE_SER.unpack(self.mem.read(at, FILE_SER.size))
-            text = _cstr(compat)
-            handler = next((h for h in self.handlers if h.compatible.encode() == text), None)
+            handler = self._luo_file_handler(compat)
             if handler is None:
-                self.printk(
-                    f"luo: No registered handler for compatible '{text.decode('latin-1')}'",
-                    KERN_WARNING,
-                )
                 err = -errno.ENOENT
                 break
             session.files.append(LuoFileV5(handler, token, data))
@@ -750,17 +569,7 @@ class LuoV5(Luo):
             file_set.kho_block_set_destroy()
         return err
 
-    # -- reboot(LINUX_REBOOT_CMD_KEXEC) ----------------------------------------------------------
-    def liveupdate_reboot(self) -> None:
-        """Serialize the sessions, then the FLB count; 7.2 has no ``kho_finalize``.
-        KernelError: the errno of a freeze that failed (everything undone)."""
-        if not self.enabled:
-            return
-        err = self.luo_session_serialize()
-        if err:
-            raise KernelError(-err, "session serialization failed")
-        self.luo_flb_serialize()
-
+    # -- reboot(LINUX_REBOOT_CMD_KEXEC): Luo.liveupdate_reboot, without kho_finalize ------------
     def luo_flb_serialize(self) -> None:
         """No FLB is registered (memfd uses none): the header's count is 0."""
         if self.out_flb_header:
@@ -809,13 +618,8 @@ class LuoV5(Luo):
             if not at:  # WARN_ON_ONCE
                 self._luo_file_unfreeze_until(session, f)
                 return -errno.ENOSPC
-            err = f.handler.freeze(self, f)
-            if err < 0:
-                self.printk(
-                    f"luo: Freeze failed for token[{f.token:#x}] handler[{f.handler.compatible}] "
-                    f"err[{errname(err)}]",
-                    KERN_WARNING,
-                )
+            err = self._luo_file_freeze_one(f)
+            if err:
                 self._luo_file_unfreeze_until(session, f)
                 return err
             compat = _strscpy_bytes(f.handler.compatible, LIVEUPDATE_HNDL_COMPAT_LENGTH)

@@ -12,17 +12,26 @@ import os
 import struct
 
 import pytest
+from luo_model_helpers import (
+    BusyHandler,
+    Source,
+    contents,
+    create,
+    errno_of,
+    finish,
+    luo_of,
+    preserve,
+    retrieve,
+    retrieve_fd,
+)
 
 from kho_fs.model.bzimage import make_bzimage
-from kho_fs.model.errors import KernelError
 from kho_fs.model.fdt import Fdt
 from kho_fs.model.luo import (
     FD_ARG,
-    FILE_KIND_MEMFD,
     FILE_KIND_OTHER,
     FINISH_ARG,
     LIVEUPDATE_IOCTL_CREATE_SESSION,
-    LIVEUPDATE_IOCTL_RETRIEVE_SESSION,
     LIVEUPDATE_SESSION_FINISH,
     LIVEUPDATE_SESSION_GET_NAME,
     LIVEUPDATE_SESSION_PRESERVE_FD,
@@ -32,9 +41,6 @@ from kho_fs.model.luo import (
     SESSION_ARG,
     TAIL_FAULT,
     TAIL_NONZERO,
-    Luo,
-    LuoDevice,
-    LuoFile,
     LuoSession,
     RestoredFile,
     UserArg,
@@ -45,33 +51,6 @@ from kho_fs.model.releases import RELEASES
 CMDLINE = "console=ttyS0 kho=on liveupdate=on"
 
 
-class Source:
-    """A file as the model sees it (what the daemon builds from a descriptor)."""
-
-    def __init__(self, data: bytes = b"", kind: str = FILE_KIND_MEMFD, pos: int = 0) -> None:
-        self.data = bytearray(data)
-        self._kind = kind
-        self._pos = pos
-        self.released = 0
-
-    def kind(self) -> str:
-        return self._kind
-
-    def size(self) -> int:
-        return len(self.data)
-
-    def pos(self) -> int:
-        return self._pos
-
-    def readinto(self, offset: int, buf: memoryview) -> int:
-        chunk = self.data[offset : offset + len(buf)]
-        buf[: len(chunk)] = chunk
-        return len(chunk)
-
-    def release(self) -> None:
-        self.released += 1
-
-
 def boot(release: str = "6.19", cmdline: str = CMDLINE, memory: int = 1 << 30) -> Machine:
     return Machine.create(memory=memory, cmdline=cmdline, release=release)
 
@@ -79,59 +58,6 @@ def boot(release: str = "6.19", cmdline: str = CMDLINE, memory: int = 1 << 30) -
 def kexec(m: Machine, release: str) -> None:
     m.kernel.kexec.kexec_file_load(make_bzimage(RELEASES[release]), None, m.kernel.cmdline)
     m.kexec_exec()
-
-
-def luo_of(m: Machine) -> Luo:
-    assert m.kernel.luo is not None
-    return m.kernel.luo
-
-
-def create(luo: Luo, dev: LuoDevice, name: bytes) -> LuoSession:
-    reply = luo.ioctl(
-        dev, LIVEUPDATE_IOCTL_CREATE_SESSION, UserArg.from_buffer(SESSION_ARG.pack(72, 0, name))
-    )
-    assert isinstance(reply.obj, LuoSession)
-    assert struct.unpack_from("<i", reply.data, 4)[0] == -1  # the transport writes the fd
-    return reply.obj
-
-
-def retrieve(luo: Luo, dev: LuoDevice, name: bytes) -> LuoSession:
-    reply = luo.ioctl(
-        dev, LIVEUPDATE_IOCTL_RETRIEVE_SESSION, UserArg.from_buffer(SESSION_ARG.pack(72, 0, name))
-    )
-    assert isinstance(reply.obj, LuoSession)
-    return reply.obj
-
-
-def preserve(luo: Luo, s: LuoSession, token: int, src: Source | None) -> None:
-    luo.ioctl(
-        s, LIVEUPDATE_SESSION_PRESERVE_FD, UserArg.from_buffer(FD_ARG.pack(16, 3, token)), src
-    )
-
-
-def retrieve_fd(luo: Luo, s: LuoSession, token: int) -> RestoredFile:
-    reply = luo.ioctl(
-        s, LIVEUPDATE_SESSION_RETRIEVE_FD, UserArg.from_buffer(FD_ARG.pack(16, 0, token))
-    )
-    assert isinstance(reply.obj, RestoredFile)
-    return reply.obj
-
-
-def finish(luo: Luo, s: LuoSession) -> None:
-    luo.ioctl(s, LIVEUPDATE_SESSION_FINISH, UserArg.from_buffer(FINISH_ARG.pack(8, 0)))
-
-
-def contents(m: Machine, f: RestoredFile) -> bytes:
-    out = bytearray(f.size)
-    for offset, phys, length in f.extents:
-        out[offset : offset + length] = m.mem.read(phys, length)
-    return bytes(out)
-
-
-def errno_of(call: object, *args: object) -> int:
-    with pytest.raises(KernelError) as info:
-        call(*args)  # type: ignore[operator]
-    return info.value.errno
 
 
 # -- boot parameters and releases ---------------------------------------------------------
@@ -355,36 +281,6 @@ def test_closing_a_retrieved_session_finishes_it() -> None:
         luo.release_session(s)  # file 2 never retrieved: its folios are dropped
         assert released == [f] and not luo.incoming
         assert errno_of(retrieve, luo, dev, b"s") == errno.ENOENT
-
-
-class BusyHandler:
-    """A file handler whose files refuse to finish (memfd never does, docs/luo.md)."""
-
-    compatible = "test-busy-v1"
-
-    def can_preserve(self, source: Source) -> bool:
-        return source.kind() == "busy"
-
-    def preserve(self, luo: Luo, f: LuoFile) -> None:
-        f.serialized_data = 0
-
-    def unpreserve(self, luo: Luo, f: LuoFile) -> None:
-        pass
-
-    def freeze(self, luo: Luo, f: LuoFile) -> int:
-        return 0
-
-    def unfreeze(self, luo: Luo, f: LuoFile) -> None:
-        pass
-
-    def retrieve(self, luo: Luo, f: LuoFile) -> RestoredFile:
-        return RestoredFile(0, 0, [])
-
-    def can_finish(self, luo: Luo, f: LuoFile) -> bool:
-        return False
-
-    def finish(self, luo: Luo, f: LuoFile) -> None:
-        pass
 
 
 def test_finish_refused_by_a_file_is_ebusy_and_finishes_nothing() -> None:

@@ -18,6 +18,19 @@ from typing import Any
 
 import libfdt
 import pytest
+from luo_model_helpers import (
+    BusyHandler,
+    Source,
+    arg,
+    contents,
+    create,
+    errno_of,
+    finish,
+    luo_of,
+    preserve,
+    retrieve,
+    retrieve_fd,
+)
 from oracles.mainline import decode_blob_root, root_fdt_blob
 
 from kho_fs.model.builtin_drivers import DRIVERS
@@ -25,21 +38,10 @@ from kho_fs.model.bzimage import make_bzimage
 from kho_fs.model.errors import KernelError
 from kho_fs.model.luo import (
     FD_ARG,
-    FILE_KIND_MEMFD,
-    FINISH_ARG,
-    LIVEUPDATE_IOCTL_CREATE_SESSION,
-    LIVEUPDATE_IOCTL_RETRIEVE_SESSION,
-    LIVEUPDATE_SESSION_FINISH,
     LIVEUPDATE_SESSION_GET_NAME,
-    LIVEUPDATE_SESSION_PRESERVE_FD,
     LIVEUPDATE_SESSION_RETRIEVE_FD,
-    SESSION_ARG,
     Luo,
-    LuoDevice,
-    LuoFile,
     LuoSession,
-    RestoredFile,
-    UserArg,
 )
 from kho_fs.model.machine import Machine
 from kho_fs.model.releases import RELEASES
@@ -152,48 +154,6 @@ def root_of(m: Machine) -> bytes:
 
 
 # -- driving the model -----------------------------------------------------------------------------
-class Source:
-    """A file as a transport hands it over; ``ident`` plays the inode (``file_id``)."""
-
-    def __init__(
-        self,
-        data: bytes = b"",
-        pos: int = 0,
-        seals: int | None = None,
-        ident: object = None,
-        kind: str = FILE_KIND_MEMFD,
-    ) -> None:
-        self.data = bytearray(data)
-        self._pos = pos
-        self._seals = seals
-        self._ident = ident if ident is not None else object()
-        self._kind = kind
-        self.released = 0
-
-    def kind(self) -> str:
-        return self._kind
-
-    def size(self) -> int:
-        return len(self.data)
-
-    def pos(self) -> int:
-        return self._pos
-
-    def seals(self) -> int:
-        return F_SEAL_SEAL if self._seals is None else self._seals
-
-    def file_id(self) -> object:
-        return self._ident
-
-    def readinto(self, offset: int, buf: memoryview) -> int:
-        chunk = self.data[offset : offset + len(buf)]
-        buf[: len(chunk)] = chunk
-        return len(chunk)
-
-    def release(self) -> None:
-        self.released += 1
-
-
 def boot(release: str = "7.2", cmdline: str = CMDLINE, memory: int = 1 << 30, **kw: Any) -> Machine:
     return Machine.create(memory=memory, cmdline=cmdline, release=release, **kw)
 
@@ -203,8 +163,17 @@ def load(m: Machine, release: str = "7.2", cmdline: str | None = None) -> None:
     k.kexec.kexec_file_load(make_bzimage(RELEASES[release]), None, cmdline or k.cmdline)
 
 
-def kexec(m: Machine, release: str = "7.2", cmdline: str | None = None) -> None:
+def kexec(
+    m: Machine,
+    release: str = "7.2",
+    cmdline: str | None = None,
+    patch: Callable[[Machine], None] | None = None,
+) -> None:
+    """Load ``release`` and jump; ``patch`` (:func:`after_reboot`) damages what the reboot
+    call left in RAM first."""
     load(m, release, cmdline)
+    if patch is not None:
+        after_reboot(m, patch)
     m.kexec_exec()
 
 
@@ -220,57 +189,9 @@ def after_reboot(m: Machine, patch: Callable[[Machine], None]) -> None:
     luo.liveupdate_reboot = wrapped  # type: ignore[method-assign]
 
 
-def luo_of(m: Machine) -> Luo:
-    assert m.kernel.luo is not None
-    return m.kernel.luo
-
-
-def arg(raw: bytes) -> UserArg:
-    return UserArg.from_buffer(raw)
-
-
-def create(luo: Luo, dev: LuoDevice, name: bytes) -> LuoSession:
-    reply = luo.ioctl(dev, LIVEUPDATE_IOCTL_CREATE_SESSION, arg(SESSION_ARG.pack(72, 0, name)))
-    assert isinstance(reply.obj, LuoSession)
-    return reply.obj
-
-
-def retrieve(luo: Luo, dev: LuoDevice, name: bytes) -> LuoSession:
-    reply = luo.ioctl(dev, LIVEUPDATE_IOCTL_RETRIEVE_SESSION, arg(SESSION_ARG.pack(72, 0, name)))
-    assert isinstance(reply.obj, LuoSession)
-    return reply.obj
-
-
-def preserve(luo: Luo, s: LuoSession, token: int, src: Source | None) -> None:
-    luo.ioctl(s, LIVEUPDATE_SESSION_PRESERVE_FD, arg(FD_ARG.pack(16, 3, token)), src)
-
-
-def retrieve_fd(luo: Luo, s: LuoSession, token: int) -> RestoredFile:
-    reply = luo.ioctl(s, LIVEUPDATE_SESSION_RETRIEVE_FD, arg(FD_ARG.pack(16, 0, token)))
-    assert isinstance(reply.obj, RestoredFile)
-    return reply.obj
-
-
-def finish(luo: Luo, s: LuoSession, reserved: int = 0) -> None:
-    luo.ioctl(s, LIVEUPDATE_SESSION_FINISH, arg(FINISH_ARG.pack(8, reserved)))
-
-
 def get_name(luo: Luo, s: LuoSession, raw: bytes | None = None) -> bytes:
     reply = luo.ioctl(s, LIVEUPDATE_SESSION_GET_NAME, arg(raw or GET_NAME_ARG.pack(72, 0, b"")))
     return reply.data
-
-
-def contents(m: Machine, f: RestoredFile) -> bytes:
-    out = bytearray(f.size)
-    for offset, phys, length in f.extents:
-        out[offset : offset + length] = m.mem.read(phys, length)
-    return bytes(out)
-
-
-def errno_of(call: Callable[..., object], *args: object) -> int:
-    with pytest.raises(KernelError) as info:
-        call(*args)
-    return info.value.errno
 
 
 def stage1(m: Machine, sessions: dict[bytes, dict[int, Source]]) -> list[LuoSession]:
@@ -712,9 +633,7 @@ BAD_COUNT = "luo: Block contains invalid entry count: {}"
 def test_a_damaged_luo_state_panics(patch: Callable[[Machine], None], lines: list[str]) -> None:
     with boot() as m:
         stage1(m, {b"s": {1: Source(b"a")}})
-        load(m)
-        after_reboot(m, patch)
-        m.kexec_exec()
+        kexec(m, patch=patch)
         got = [line for line in log(m) if line.startswith(("luo", "KHO: broken"))]
         assert got == lines
         assert m.kernel.panic == PANIC.format("-EINVAL")
@@ -727,9 +646,7 @@ def test_a_cyclic_session_chain_panics() -> None:
 
     with boot() as m:
         stage1(m, {b"s": {}})
-        load(m)
-        after_reboot(m, patch)
-        m.kexec_exec()
+        kexec(m, patch=patch)
         assert "luo: Block set is corrupted" in log(m)
         assert "luo: Retrieved live update data, liveupdate number: 1" in log(m)
         assert m.kernel.panic == PANIC.format("-EINVAL")
@@ -738,9 +655,7 @@ def test_a_cyclic_session_chain_panics() -> None:
 def test_the_panic_comes_even_with_liveupdate_off() -> None:
     with boot() as m:
         stage1(m, {b"s": {}})
-        load(m, cmdline="console=ttyS0 kho=on")
-        after_reboot(m, patch_luo_ser(0, b"luo-v9"))
-        m.kexec_exec()
+        kexec(m, cmdline="console=ttyS0 kho=on", patch=patch_luo_ser(0, b"luo-v9"))
         assert m.kernel.panic == PANIC.format("-EINVAL")
 
 
@@ -803,9 +718,7 @@ def test_sessions_that_cannot_be_read_fail_every_open(patch: str, lines: list[st
 
     with boot() as m:
         stage1(m, {b"s": {1: Source(b"a"), 2: Source(b"b")}, b"t": {}})
-        load(m)
-        after_reboot(m, damage)
-        m.kexec_exec()
+        kexec(m, patch=damage)
         assert m.kernel.panic is None
         luo = luo_of(m)
         assert errno_of(luo.open_device) == errno.EIO
@@ -824,9 +737,7 @@ def test_a_folio_that_cannot_be_restored_fails_that_retrieve_every_time() -> Non
 
     with boot() as m:
         stage1(m, {b"s": {1: Source(b"a" * 5000), 2: Source(b"b")}})
-        load(m)
-        after_reboot(m, damage)
-        m.kexec_exec()
+        kexec(m, patch=damage)
         luo = luo_of(m)
         s = retrieve(luo, luo.open_device(), b"s")
         assert errno_of(retrieve_fd, luo, s, 1) == errno.EIO
@@ -844,9 +755,7 @@ def test_unknown_seals_in_the_record_are_eopnotsupp() -> None:
 
     with boot() as m:
         stage1(m, {b"s": {1: Source(b"a")}})
-        load(m)
-        after_reboot(m, damage)
-        m.kexec_exec()
+        kexec(m, patch=damage)
         luo = luo_of(m)
         s = retrieve(luo, luo.open_device(), b"s")
         assert errno_of(retrieve_fd, luo, s, 1) == errno.EOPNOTSUPP
@@ -877,34 +786,6 @@ def test_freeze_failure_fails_the_reboot_and_undoes_it() -> None:
         assert contents(m, retrieve_fd(luo, s, 1)) == b"ok"
         assert errno_of(retrieve, luo, dev, b"bad") == errno.ENOENT
         assert good is not None
-
-
-class BusyHandler:
-    compatible = "test-busy-v1"
-
-    def can_preserve(self, source: Source) -> bool:
-        return source.kind() == "busy"
-
-    def preserve(self, luo: Luo, f: LuoFile) -> None:
-        f.serialized_data = 0
-
-    def unpreserve(self, luo: Luo, f: LuoFile) -> None:
-        pass
-
-    def freeze(self, luo: Luo, f: LuoFile) -> int:
-        return 0
-
-    def unfreeze(self, luo: Luo, f: LuoFile) -> None:
-        pass
-
-    def retrieve(self, luo: Luo, f: LuoFile) -> RestoredFile:
-        return RestoredFile(0, 0, [])
-
-    def can_finish(self, luo: Luo, f: LuoFile) -> bool:
-        return False
-
-    def finish(self, luo: Luo, f: LuoFile) -> None:
-        pass
 
 
 def test_finish_refused_by_a_file_is_ebusy() -> None:

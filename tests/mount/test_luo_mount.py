@@ -306,12 +306,14 @@ def test_python_two_stage_flow(tmp_path: Path, release: str) -> None:
         assert daemon_fds(m, before) == before
 
 
-def test_python_errnos(tmp_path: Path) -> None:
-    def err(call: object, *args: object) -> int:
-        with pytest.raises(OSError) as info:
-            call(*args)  # type: ignore[operator]
-        return info.value.errno or 0
+def err(call: object, *args: object) -> int:
+    """The errno of the OSError ``call(*args)`` raises (it must raise)."""
+    with pytest.raises(OSError) as info:
+        call(*args)  # type: ignore[operator]
+    return info.value.errno or 0
 
+
+def test_python_errnos(tmp_path: Path) -> None:
     with mounted(tmp_path, memory="1G", cmdline=CMDLINE, extra_args=["--release", "6.19"]) as m:
         before = daemon_fds(m)
         dev = liveupdate.open_device(m.mountpoint)
@@ -383,12 +385,6 @@ def test_python_uapi_of_7_2(tmp_path: Path) -> None:
     """7.2 through the daemon (docs/luo.md): GET_NAME, names of 1 to 63 bytes, a memfd
     preserved once (its inode), seals kept across the kexec, FINISH's ``reserved``, and a
     retrieved memfd that cannot be preserved again before its session finishes."""
-
-    def err(call: object, *args: object) -> int:
-        with pytest.raises(OSError) as info:
-            call(*args)  # type: ignore[operator]
-        return info.value.errno or 0
-
     with mounted(tmp_path, memory="1G", cmdline=CMDLINE, extra_args=["--release", "7.2"]) as m:
         before = daemon_fds(m)
         dev = liveupdate.open_device(m.mountpoint)
