@@ -125,12 +125,7 @@ class _Channel:
                 if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
                     raise OSError(errno.ENODEV, os.strerror(errno.ENODEV)) from None
                 raise
-        fds: list[int] = []
-        for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                got = array.array("i")
-                got.frombytes(data[: len(data) - len(data) % got.itemsize])
-                fds.extend(got)
+        fds = wire.received_fds(ancdata)
         if not reply and not fds:
             raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
         try:

@@ -438,7 +438,7 @@ class LuoServer:
                     msg, anc, flags = await conn.recvmsg()
                 except (OSError, trio.ClosedResourceError):
                     break
-                fds = _received_fds(anc) if anc else []
+                fds = wire.received_fds(anc) if anc else []
                 if not msg and not fds and _hung_up(conn.sock):
                     break
                 if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
@@ -657,16 +657,6 @@ def _encode_reply(reply: Reply) -> tuple[bytes, list[tuple[int, int, array.array
         return wire.encode_answer(reply.error, reply.data), []
     data = wire.encode_answer(reply.error, reply.data, FD_FIELD_OFFSET)
     return data, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [reply.fd]))]
-
-
-def _received_fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            got = array.array("i")
-            got.frombytes(data[: len(data) - len(data) % got.itemsize])
-            fds.extend(got)
-    return fds
 
 
 def _hung_up(sock: socket.socket) -> bool:

@@ -33,6 +33,8 @@ The C preload library (csrc/liveupdate_preload.c) speaks the same format.
 
 from __future__ import annotations
 
+import array
+import socket
 import struct
 from typing import NamedTuple
 
@@ -95,3 +97,15 @@ def decode_answer(msg: bytes) -> tuple[int, int, bytes]:
     if magic != MAGIC or len(msg) != ANSWER.size + length:
         raise WireError("not an answer")
     return error, fd_at, msg[ANSWER.size :]
+
+
+def received_fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors of a message's SCM_RIGHTS ancillary data (both ends: the daemon's
+    requests, the client's answers); a truncated trailing int is dropped."""
+    fds: list[int] = []
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got = array.array("i")
+            got.frombytes(data[: len(data) - len(data) % got.itemsize])
+            fds.extend(got)
+    return fds
